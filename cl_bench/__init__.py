@@ -1,0 +1,3 @@
+"""clbench: a config-driven continual-learning experiment runner."""
+
+__version__ = "0.1.0"

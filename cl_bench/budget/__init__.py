@@ -1,0 +1,1 @@
+"""Compute budgets and FLOP accounting."""

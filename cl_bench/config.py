@@ -1,0 +1,182 @@
+"""Structured-config schemas: Hydra validates every composed config against them, so a
+misspelled key or a value of the wrong type fails at compose time, before training.
+
+Each yaml under conf/<group>/ extends one of these through its defaults list
+(`- schema_<kind>`), and holds only the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Scenario(Enum):
+    class_il = "class_il"
+    task_il = "task_il"
+    domain_il = "domain_il"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@dataclass
+class DataConf:
+    root: Optional[str] = None
+    download: bool = False
+
+
+@dataclass
+class SplitBenchmarkConf:
+    _target_: str = "cl_bench.data.benchmarks.split_stream"
+    name: str = MISSING
+    dataset: str = MISSING
+    n_tasks: int = 5
+    class_order: Optional[list[int]] = None
+    shuffle_classes: bool = False
+    class_seed: int = 0
+    scenario: Scenario = Scenario.class_il
+    augment: str = "none"
+
+
+@dataclass
+class PermutedBenchmarkConf:
+    _target_: str = "cl_bench.data.benchmarks.permuted_stream"
+    name: str = MISSING
+    dataset: str = MISSING
+    n_tasks: int = 10
+    permute_first: bool = True
+    permutation_seed: int = 0
+    scenario: Scenario = Scenario.domain_il
+    augment: str = "none"
+
+
+@dataclass
+class MLPConf:
+    _target_: str = "cl_bench.models.mlp.MLP"
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+
+
+@dataclass
+class ReducedResNetConf:
+    _target_: str = "cl_bench.models.resnet.ReducedResNet18"
+    name: str = "resnet18_reduced"
+    nf: int = 20
+
+
+@dataclass
+class ResNetConf:
+    _target_: str = "cl_bench.models.resnet.ResNet18"
+    name: str = "resnet18"
+
+
+@dataclass
+class MethodConf:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class ReplayMethodConf(MethodConf):
+    replay_batch_size: int = 10
+
+
+@dataclass
+class MemoryConf:
+    _target_: str = MISSING
+    name: str = MISSING
+    size: int = 0
+
+
+@dataclass
+class SGDConf:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConf:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class BudgetConf:
+    _target_: str = "cl_bench.budget.budget.Budget"
+    batch_size: int = 10
+    epochs: Optional[int] = 1
+    iters: Optional[int] = None
+    flops_per_task: Optional[float] = None
+    drop_last: bool = False
+
+
+@dataclass
+class EvalConf:
+    every: int = 50  # iterations between continual evaluations; 0 turns them off
+    probe_size: int = 200  # test samples per task in the continual-evaluation probe
+    batch_size: int = 1000
+
+
+@dataclass
+class LoggerConf:
+    name: str = "csv"
+    train_every: int = 10  # iterations per train.csv row (loss averaged over them)
+    console: bool = True
+    project: str = "clbench"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto: offline unless W&B is configured; online; offline; disabled
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClbenchConf:
+    benchmark: Any = MISSING
+    model: Any = MISSING
+    method: Any = MISSING
+    memory: Any = MISSING
+    optimizer: Any = MISSING
+    budget: BudgetConf = MISSING
+    eval: EvalConf = MISSING
+    logger: LoggerConf = MISSING
+    data: DataConf = field(default_factory=DataConf)
+    seed: int = 0
+    device: Device = Device.auto
+    scenario: Scenario = MISSING
+    deterministic: bool = False
+
+
+SCHEMAS = {
+    None: {"schema": ClbenchConf},
+    "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf},
+    "model": {"schema_mlp": MLPConf, "schema_resnet18_reduced": ReducedResNetConf,
+              "schema_resnet18": ResNetConf},
+    "method": {"schema_method": MethodConf, "schema_replay": ReplayMethodConf},
+    "memory": {"schema_memory": MemoryConf},
+    "optimizer": {"schema_sgd": SGDConf, "schema_adam": AdamConf},
+    "budget": {"schema_budget": BudgetConf},
+    "eval": {"schema_eval": EvalConf},
+    "logger": {"schema_logger": LoggerConf},
+}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)

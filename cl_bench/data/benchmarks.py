@@ -1,0 +1,110 @@
+"""Benchmark builders: a dataset plus a task definition -> TaskStream.
+
+Labels are remapped to the position of their class in the class order, so task t of
+a split benchmark owns the contiguous logits [t*k, (t+1)*k).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cl_bench.data.datasets import load_dataset
+from cl_bench.data.stream import Task, TaskStream
+
+
+def split_stream(
+    *,
+    name: str,
+    dataset: str,
+    n_tasks: int,
+    class_order: list[int] | None = None,
+    shuffle_classes: bool = False,
+    class_seed: int = 0,
+    root: str | Path | None = None,
+    download: bool = False,
+    **_: object,
+) -> TaskStream:
+    """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL)."""
+    data = load_dataset(dataset, root, download)
+    n_classes = int(data.train_y.max()) + 1
+    if n_tasks < 1 or n_classes % n_tasks:
+        raise ValueError(
+            f"benchmark.n_tasks={n_tasks} must divide the {n_classes} classes of {dataset!r}"
+        )
+    if class_order is None:
+        order = torch.arange(n_classes)
+        if shuffle_classes:
+            order = torch.randperm(n_classes, generator=torch.Generator().manual_seed(class_seed))
+    else:
+        order = torch.as_tensor(list(class_order))
+        if sorted(order.tolist()) != list(range(n_classes)):
+            raise ValueError(
+                f"benchmark.class_order must be a permutation of 0..{n_classes - 1}, "
+                f"got {list(class_order)}"
+            )
+    rank = torch.empty(n_classes, dtype=torch.int64)
+    rank[order] = torch.arange(n_classes)  # original label -> position in the order
+    train_y, test_y = rank[data.train_y], rank[data.test_y]
+    k = n_classes // n_tasks
+    tasks = []
+    for t in range(n_tasks):
+        tr = (train_y >= t * k) & (train_y < (t + 1) * k)
+        te = (test_y >= t * k) & (test_y < (t + 1) * k)
+        tasks.append(
+            Task(t, list(range(t * k, (t + 1) * k)), data.train_x[tr], train_y[tr],
+                 data.test_x[te], test_y[te])
+        )
+    return TaskStream(
+        name=name,
+        tasks=tasks,
+        n_classes=n_classes,
+        input_shape=tuple(data.train_x.shape[1:]),
+        scenarios=("class_il", "task_il"),
+        mean=data.info.mean,
+        std=data.info.std,
+        class_order=order.tolist(),
+    )
+
+
+def permuted_stream(
+    *,
+    name: str,
+    dataset: str,
+    n_tasks: int,
+    permute_first: bool = True,
+    permutation_seed: int = 0,
+    root: str | Path | None = None,
+    download: bool = False,
+    **_: object,
+) -> TaskStream:
+    """Each task is the whole dataset under its own fixed pixel permutation (domain-IL)."""
+    data = load_dataset(dataset, root, download)
+    n_classes = int(data.train_y.max()) + 1
+    shape = tuple(data.train_x.shape[1:])
+    n_pixels = data.train_x[0].numel()
+    gen = torch.Generator().manual_seed(permutation_seed)
+    tasks = []
+    for t in range(n_tasks):
+        perm = torch.randperm(n_pixels, generator=gen)
+        if t == 0 and not permute_first:
+            perm = torch.arange(n_pixels)
+
+        def permute(x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, perm].reshape(-1, *shape)
+
+        tasks.append(
+            Task(t, list(range(n_classes)), permute(data.train_x), data.train_y,
+                 permute(data.test_x), data.test_y)
+        )
+    return TaskStream(
+        name=name,
+        tasks=tasks,
+        n_classes=n_classes,
+        input_shape=shape,
+        scenarios=("domain_il",),
+        mean=data.info.mean,
+        std=data.info.std,
+        class_order=list(range(n_classes)),
+    )

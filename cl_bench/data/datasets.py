@@ -1,0 +1,157 @@
+"""Load whole datasets as uint8 tensors (N, C, H, W) with int64 labels.
+
+Sources, in order: an array archive `<root>/<DIR>/*.npz` (uint8 `train_x`, `test_x`
+shaped (N, H, W[, C]) and integer `train_y`, `test_y`), then torchvision's own files
+under `<root>` (downloaded first when `download=True`). The offline default
+(`digits`) ships inside scikit-learn and needs no root at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when a dataset is neither on disk nor downloadable; says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    dir_name: str  # folder under the data root that may hold an .npz archive
+    torchvision_class: str | None
+    torchvision_folder: str | None  # where torchvision keeps its files under the root
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", None, None, (0.3063,), (0.3783,)),
+    "mnist": DatasetInfo("MNIST", "MNIST", "MNIST/raw", (0.1307,), (0.3081,)),
+    "fmnist": DatasetInfo("FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(
+        "CIFAR10", "CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "cifar100": DatasetInfo(
+        "CIFAR100", "CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+}
+
+
+@dataclass
+class ArrayDataset:
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    info: DatasetInfo
+
+
+def load_dataset(name: str, root: str | Path | None, download: bool = False) -> ArrayDataset:
+    if name not in DATASETS:
+        raise ValueError(
+            f"benchmark.dataset={name!r} is not a known dataset; choose one of {sorted(DATASETS)}"
+        )
+    info = DATASETS[name]
+    if name == "digits":
+        return _load_digits(info)
+    root = Path(root).expanduser() if root else None
+    if root is None:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} needs a data root: set data.root=PATH or the CLBENCH_DATA "
+            "environment variable to the folder that holds "
+            f"{info.dir_name}/ (torchvision's layout, or an .npz archive)"
+        )
+    archive = _find_archive(root / info.dir_name)
+    if archive is not None:
+        return _load_npz(archive, info)
+    return _load_torchvision(name, info, root, download)
+
+
+def _find_archive(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    preferred = folder / f"{folder.name.lower()}.npz"
+    if preferred.is_file():
+        return preferred
+    archives = sorted(folder.glob("*.npz"))
+    if len(archives) > 1:
+        raise ValueError(
+            f"several .npz archives in {folder}: {[a.name for a in archives]}; keep one, "
+            f"or name the one to use {preferred.name}"
+        )
+    return archives[0] if archives else None
+
+
+def _to_nchw(x: np.ndarray, source: Path | str) -> torch.Tensor:
+    if x.dtype != np.uint8:
+        raise ValueError(f"{source}: images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"{source}: images must be (N, H, W) or (N, H, W, C), got {x.shape}")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _load_npz(path: Path, info: DatasetInfo) -> ArrayDataset:
+    with np.load(path) as arrays:
+        missing = {"train_x", "train_y", "test_x", "test_y"} - set(arrays.files)
+        if missing:
+            raise ValueError(f"{path} lacks arrays {sorted(missing)}; see README 'Data'")
+        return ArrayDataset(
+            _to_nchw(arrays["train_x"], path),
+            torch.as_tensor(arrays["train_y"], dtype=torch.int64),
+            _to_nchw(arrays["test_x"], path),
+            torch.as_tensor(arrays["test_y"], dtype=torch.int64),
+            info,
+        )
+
+
+def _load_torchvision(name: str, info: DatasetInfo, root: Path, download: bool) -> ArrayDataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, info.torchvision_class)
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True"
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found: looked for {root / info.dir_name}/*.npz and "
+            f"torchvision's files in {root / info.torchvision_folder}"
+            + (" (the download failed too)" if download else "")
+            + ". Fix: point data.root (or CLBENCH_DATA) at the folder that holds them, "
+            "or pass data.download=true where there is a network."
+            f" ({err})"
+        ) from err
+    arrays = []
+    for split in (train, test):
+        data = split.data
+        x = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        arrays += [_to_nchw(x, root / info.dir_name), torch.as_tensor(split.targets)]
+    return ArrayDataset(*arrays, info=info)
+
+
+def _load_digits(info: DatasetInfo) -> ArrayDataset:
+    """scikit-learn's 8x8 digits (1,797 images), a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    y = digits.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    test_mask = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        test_mask[rng.choice(idx, size=len(idx) // 5, replace=False)] = True
+    return ArrayDataset(
+        _to_nchw(x[~test_mask], "digits"),
+        torch.from_numpy(y[~test_mask]),
+        _to_nchw(x[test_mask], "digits"),
+        torch.from_numpy(y[test_mask]),
+        info,
+    )

@@ -1,0 +1,1 @@
+"""Where a run's numbers go: CSV files (always), W&B (optional), the console."""

@@ -1,0 +1,66 @@
+"""Console output: a progress bar per task and the final tables (rich)."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+
+class ConsoleLogger:
+    """Progress bar per task (loss, iterations/s, ETA) and end-of-run tables."""
+
+    def __init__(self, enabled: bool = True):
+        self.console = Console(stderr=True, quiet=not enabled)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[speed]} it/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self._bar = None
+
+    def start_task(self, task_id: int, n_tasks: int, total_steps: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self._bar = self.progress.add_task(
+            f"task {task_id + 1}/{n_tasks}", total=total_steps, loss=float("nan"), speed="-"
+        )
+
+    def advance(self, steps: int, loss: float) -> None:
+        task = self.progress.tasks[self._bar]
+        speed = f"{task.speed:.0f}" if task.speed else "-"
+        self.progress.update(self._bar, advance=steps, loss=loss, speed=speed)
+
+    def end_task(self) -> None:
+        task = self.progress.tasks[self._bar]
+        self.progress.update(self._bar, total=task.completed)
+
+    def stop(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+    def report(self, matrices: dict[str, np.ndarray], summary: dict, run_dir) -> None:
+        self.stop()
+        for scenario, a in matrices.items():
+            table = Table(title=f"accuracy matrix ({scenario}): row = after task, col = task")
+            table.add_column("after")
+            for j in range(a.shape[1]):
+                table.add_column(f"T{j + 1}", justify="right")
+            for i, row in enumerate(a):
+                table.add_row(f"T{i + 1}", *(f"{v:.3f}" for v in row))
+            self.console.print(table)
+        table = Table(title="final metrics")
+        table.add_column("metric")
+        for scenario in matrices:
+            table.add_column(scenario, justify="right")
+        for metric in ("acc", "aia", "forgetting", "bwt", "fwt"):
+            table.add_row(metric, *(f"{summary[f'{metric}_{s}']:.4f}" for s in matrices))
+        self.console.print(table)
+        self.console.print(
+            f"train FLOPs {summary['train_flops']:.3e}  eval FLOPs {summary['eval_flops']:.3e}  "
+            f"wall {summary['wall_seconds']:.1f} s  memory {summary['memory_bytes']} B\n"
+            f"run dir: {run_dir}"
+        )

@@ -1,0 +1,1 @@
+"""Replay buffer policies. Stored images stay uint8."""

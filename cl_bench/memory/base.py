@@ -1,0 +1,99 @@
+"""Memory interface and the fixed-capacity buffer the selection policies share."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Memory:
+    """A replay memory: `add` a batch, `sample` a batch, `len`, `nbytes`."""
+
+    def __init__(self, size: int = 0, device: str | torch.device = "cpu", seed: int = 0, **_):
+        if size < 0:
+            raise ValueError(f"memory.size must be >= 0, got {size}")
+        self.size = size
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, task_id: torch.Tensor, **extra) -> None:
+        raise NotImplementedError
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+class NoMemory(Memory):
+    """No replay memory (finetune, joint)."""
+
+    def add(self, x, y, task_id, **extra) -> None:
+        pass
+
+    def sample(self, n):
+        raise RuntimeError("memory=none holds no samples; choose memory=reservoir or similar")
+
+
+class SelectionBuffer(Memory):
+    """A buffer of at most `size` samples that keeps, among everything offered to it,
+    the samples a policy selects by per-sample random keys.
+
+    Every sample gets a key u ~ U(0, 1) when offered. A policy keeps the samples with
+    the smallest keys (within its constraints), which gives each seen sample the same
+    chance to be in memory, exactly as reservoir sampling does, and lets a whole batch be
+    inserted with tensor ops. Evicted samples are overwritten in place; nothing else moves.
+    """
+
+    def __init__(self, size: int = 500, device="cpu", seed: int = 0, **kw):
+        super().__init__(size, device, seed, **kw)
+        self.count = 0  # samples held
+        self.seen = 0  # samples offered so far
+        self.x: torch.Tensor | None = None
+        self.y = torch.empty(size, dtype=torch.int64, device=self.device)
+        self.task = torch.empty(size, dtype=torch.int64, device=self.device)
+        self.keys = torch.empty(size, device=self.device)
+
+    def keep(self, keys: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Bool mask over candidates (held first, then offered): exactly `size` True."""
+        raise NotImplementedError
+
+    def add(self, x, y, task_id, **extra) -> None:
+        if self.size == 0:
+            return
+        if self.x is None:
+            self.x = torch.empty((self.size, *x.shape[1:]), dtype=x.dtype, device=self.device)
+        x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
+        n = len(x)
+        self.seen += n
+        keys = torch.rand(n, generator=self.generator, device=self.device)
+        held = self.count
+        if held + n <= self.size:
+            slots = torch.arange(held, held + n, device=self.device)
+            incoming = torch.arange(n, device=self.device)
+        else:
+            mask = self.keep(torch.cat([self.keys[:held], keys]), torch.cat([self.y[:held], y]))
+            free = torch.arange(held, self.size, device=self.device)
+            slots = torch.cat([(~mask[:held]).nonzero().squeeze(1), free])
+            incoming = mask[held:].nonzero().squeeze(1)
+        self.x[slots] = x[incoming]
+        self.y[slots] = y[incoming]
+        self.task[slots] = task_id[incoming]
+        self.keys[slots] = keys[incoming]
+        self.count = min(self.size, held + n)
+
+    def sample(self, n: int):
+        idx = torch.randint(0, self.count, (n,), generator=self.generator, device=self.device)
+        return self.x[idx], self.y[idx], self.task[idx]
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.y, self.task, self.keys] + ([self.x] if self.x is not None else [])
+        return sum(t.nbytes for t in tensors)

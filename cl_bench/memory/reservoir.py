@@ -1,0 +1,17 @@
+"""Reservoir sampling memory."""
+
+from __future__ import annotations
+
+import torch
+
+from cl_bench.memory.base import SelectionBuffer
+
+
+class Reservoir(SelectionBuffer):
+    """Reservoir sampling (Vitter, 1985), as used by ER (Chaudhry et al., 2019): every
+    sample seen so far is in memory with the same probability size / seen."""
+
+    def keep(self, keys, labels):
+        mask = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
+        mask[keys.topk(self.size, largest=False).indices] = True
+        return mask

@@ -1,0 +1,20 @@
+"""Joint training on everything seen so far: the upper bound."""
+
+from __future__ import annotations
+
+import torch
+
+from cl_bench.methods.base import Method
+
+
+class Joint(Method):
+    """Trains task t on the union of the training sets of tasks 1..t (the usual upper
+    bound of CL papers, e.g. the 'Joint' row of Buzzega et al., 2020)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._seen: list = []
+
+    def train_data(self, task):
+        self._seen.append(super().train_data(task))
+        return tuple(torch.cat(parts) for parts in zip(*self._seen))

@@ -1,0 +1,1 @@
+"""Accuracy matrix metrics and the evaluator."""

@@ -1,0 +1,81 @@
+"""Accuracy of every task (after each task) and of probe subsets (during training)."""
+
+from __future__ import annotations
+
+import torch
+
+from cl_bench.budget.flops import FlopCounter
+from cl_bench.data.stream import TaskStream
+from cl_bench.data.transforms import Preprocess
+
+
+class Evaluator:
+    """Scores a method on the stream's test sets in one batched pass per call.
+
+    Each call returns {scenario: tensor of per-task accuracies}. For split streams the
+    same logits give class-IL (argmax over all classes) and task-IL (argmax over the
+    task's own classes); for domain-IL streams, plain argmax.
+    The continual-evaluation probe is a fixed random subset of `probe_size` test samples
+    per task, kept on the device.
+    """
+
+    def __init__(
+        self,
+        stream: TaskStream,
+        preprocess: Preprocess,
+        class_mask: torch.Tensor,
+        counter: FlopCounter,
+        device,
+        probe_size: int = 200,
+        batch_size: int = 1000,
+        seed: int = 0,
+    ):
+        self.scenarios = stream.scenarios
+        self.preprocess = preprocess
+        self.class_mask = class_mask
+        self.counter = counter
+        self.batch_size = batch_size
+        self.n_tasks = len(stream)
+        gen = torch.Generator().manual_seed(seed)
+
+        def gather(parts):
+            return tuple(torch.cat(p).to(device) for p in zip(*parts))
+
+        self.test = gather(
+            (t.test_x, t.test_y, torch.full_like(t.test_y, t.id)) for t in stream
+        )
+        probes = []
+        for t in stream:
+            idx = torch.randperm(len(t.test_y), generator=gen)[:probe_size]
+            probes.append((t.test_x[idx], t.test_y[idx], torch.full_like(idx, t.id)))
+        self.probe = gather(probes)
+        self.probe_ends = torch.cumsum(
+            torch.tensor([min(probe_size, len(t.test_y)) for t in stream]), 0
+        ).tolist()
+
+    def full(self, predict) -> dict[str, torch.Tensor]:
+        """Accuracy on the whole test set of every task of the stream."""
+        return self._score(predict, *self.test, n_tasks=self.n_tasks)
+
+    def probes(self, predict, n_seen: int) -> dict[str, torch.Tensor]:
+        """Accuracy on the probes of the first `n_seen` tasks."""
+        end = self.probe_ends[n_seen - 1]
+        x, y, t = (p[:end] for p in self.probe)
+        return self._score(predict, x, y, t, n_tasks=n_seen)
+
+    @torch.inference_mode()
+    def _score(self, predict, x, y, task_ids, n_tasks) -> dict[str, torch.Tensor]:
+        correct = {s: torch.zeros(n_tasks, device=y.device) for s in self.scenarios}
+        with self.counter.evaluating():
+            for b in range(0, len(y), self.batch_size):
+                sl = slice(b, b + self.batch_size)
+                logits = predict(self.preprocess(x[sl]))
+                yb, tb = y[sl], task_ids[sl]
+                for scenario in self.scenarios:
+                    scored = logits
+                    if scenario == "task_il":
+                        scored = logits.masked_fill(~self.class_mask[tb], float("-inf"))
+                    hit = (scored.argmax(1) == yb).float()
+                    correct[scenario] += torch.bincount(tb, hit, minlength=n_tasks)
+        totals = torch.bincount(task_ids, minlength=n_tasks).clamp(min=1).float()
+        return {s: c / totals for s, c in correct.items()}

@@ -1,0 +1,1 @@
+"""Backbones with one classifier head over all classes of the stream."""

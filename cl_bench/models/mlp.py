@@ -1,0 +1,26 @@
+"""Fully connected classifier: the standard backbone of MNIST-scale CL benchmarks."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> ReLU] x len(hidden) -> Linear head (e.g. the 2x400 MLP of
+    van de Ven et al., 2020, or the 2x100 MLP of the DER paper)."""
+
+    def __init__(self, input_shape, n_classes: int, hidden=(400, 400), **_):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+        self.feature_dim = width
+
+    def forward(self, x):
+        return self.head(self.features(x))
