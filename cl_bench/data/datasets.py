@@ -9,6 +9,7 @@ under `<root>` (downloaded first when `download=True`). The offline default
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class ArrayDataset:
     info: DatasetInfo
 
 
+@lru_cache(maxsize=2)  # sweeps run many jobs in one process; tensors are never mutated
 def load_dataset(name: str, root: str | Path | None, download: bool = False) -> ArrayDataset:
     if name not in DATASETS:
         raise ValueError(

@@ -16,13 +16,14 @@ class Preprocess:
     def __init__(self, mean, std, device, augment: str = "none", pad: int = 4):
         if augment not in ("none", "crop_flip"):
             raise ValueError(f"benchmark.augment={augment!r}: choose 'none' or 'crop_flip'")
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale - shift
+        self.shift = torch.tensor(mean, device=device).view(1, -1, 1, 1) / std
         self.augment = augment
         self.pad = pad
 
     def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = x.float().mul_(self.scale).sub_(self.mean * 255.0 * self.scale)
+        x = x.float().mul_(self.scale).sub_(self.shift)
         if train and self.augment == "crop_flip":
             x = random_crop_flip(x, self.pad)
         return x

@@ -62,6 +62,10 @@ class SelectionBuffer(Memory):
         """Bool mask over candidates (held first, then offered): exactly `size` True."""
         raise NotImplementedError
 
+    def may_enter(self, keys: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Cheap pre-check on a full buffer: False when `keep` would reject every newcomer."""
+        return True
+
     def add(self, x, y, task_id, **extra) -> None:
         if self.size == 0:
             return
@@ -72,6 +76,8 @@ class SelectionBuffer(Memory):
         self.seen += n
         keys = torch.rand(n, generator=self.generator, device=self.device)
         held = self.count
+        if held == self.size and not self.may_enter(keys, y):
+            return
         if held + n <= self.size:
             slots = torch.arange(held, held + n, device=self.device)
             incoming = torch.arange(n, device=self.device)

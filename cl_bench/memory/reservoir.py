@@ -15,3 +15,7 @@ class Reservoir(SelectionBuffer):
         mask = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
         mask[keys.topk(self.size, largest=False).indices] = True
         return mask
+
+    def may_enter(self, keys, labels):
+        # late in a stream most batches hold no key below the buffer's largest one
+        return bool((keys < self.keys.max()).any())
