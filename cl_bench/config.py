@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -30,7 +30,7 @@ class Device(Enum):
 
 @dataclass
 class DataConf:
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = False
 
 
@@ -40,7 +40,7 @@ class SplitBenchmarkConf:
     name: str = MISSING
     dataset: str = MISSING
     n_tasks: int = 5
-    class_order: Optional[list[int]] = None
+    class_order: list[int] | None = None
     shuffle_classes: bool = False
     class_seed: int = 0
     scenario: Scenario = Scenario.class_il
@@ -119,9 +119,9 @@ class AdamConf:
 class BudgetConf:
     _target_: str = "cl_bench.budget.budget.Budget"
     batch_size: int = 10
-    epochs: Optional[int] = 1
-    iters: Optional[int] = None
-    flops_per_task: Optional[float] = None
+    epochs: int | None = 1
+    iters: int | None = None
+    flops_per_task: float | None = None
     drop_last: bool = False
 
 
@@ -138,9 +138,9 @@ class LoggerConf:
     train_every: int = 10  # iterations per train.csv row (loss averaged over them)
     console: bool = True
     project: str = "clbench"
-    entity: Optional[str] = None
+    entity: str | None = None
     mode: str = "auto"  # auto: offline unless W&B is configured; online; offline; disabled
-    group: Optional[str] = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
 
 

@@ -90,13 +90,9 @@ def permuted_stream(
         perm = torch.randperm(n_pixels, generator=gen)
         if t == 0 and not permute_first:
             perm = torch.arange(n_pixels)
-
-        def permute(x: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1)[:, perm].reshape(-1, *shape)
-
         tasks.append(
-            Task(t, list(range(n_classes)), permute(data.train_x), data.train_y,
-                 permute(data.test_x), data.test_y)
+            Task(t, list(range(n_classes)), _permute(data.train_x, perm), data.train_y,
+                 _permute(data.test_x, perm), data.test_y)
         )
     return TaskStream(
         name=name,
@@ -108,3 +104,7 @@ def permuted_stream(
         std=data.info.std,
         class_order=list(range(n_classes)),
     )
+
+
+def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1)[:, perm].reshape(x.shape)

@@ -33,12 +33,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", None, None, (0.3063,), (0.3783,)),
     "mnist": DatasetInfo("MNIST", "MNIST", "MNIST/raw", (0.1307,), (0.3081,)),
     "fmnist": DatasetInfo("FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(
-        "CIFAR10", "CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    ),
-    "cifar100": DatasetInfo(
-        "CIFAR100", "CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    ),
+    "cifar10": DatasetInfo("CIFAR10", "CIFAR10", "cifar-10-batches-py",
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo("CIFAR100", "CIFAR100", "cifar-100-python",
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 

@@ -39,7 +39,7 @@ class Evaluator:
         gen = torch.Generator().manual_seed(seed)
 
         def gather(parts):
-            return tuple(torch.cat(p).to(device) for p in zip(*parts))
+            return tuple(torch.cat(p).to(device) for p in zip(*parts, strict=False))
 
         self.test = gather(
             (t.test_x, t.test_y, torch.full_like(t.test_y, t.id)) for t in stream
