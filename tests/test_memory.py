@@ -61,3 +61,15 @@ def test_class_balanced_gives_each_class_an_equal_share():
         assert len(memory) == 30
         assert max(counts) - min(counts) <= 1, counts
     assert torch.bincount(memory.y).tolist() == [5] * 6
+
+
+def test_reservoir_state_dict_resumes_the_same_stream():
+    a, b = Reservoir(20, seed=0), Reservoir(20, seed=5)
+    _stream_into(a, 50)
+    b.load_state_dict({k: v.clone() if torch.is_tensor(v) else v
+                       for k, v in a.state_dict().items()})
+    for memory in (a, b):
+        for start in range(50, 90, 10):
+            ids = torch.arange(start, start + 10)
+            memory.add(torch.zeros(10, 1, dtype=torch.uint8), ids, torch.zeros_like(ids))
+    assert torch.equal(a.y, b.y) and torch.equal(a.sample(8)[1], b.sample(8)[1])

@@ -28,6 +28,13 @@ class Memory:
     def nbytes(self) -> int:
         return 0
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this memory is (for checkpoints)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
 
 class NoMemory(Memory):
     """No replay memory (finetune, joint)."""
@@ -91,6 +98,15 @@ class SelectionBuffer(Memory):
         self.task[slots] = task_id[incoming]
         self.keys[slots] = keys[incoming]
         self.count = min(self.size, held + n)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "count": self.count, "seen": self.seen, "x": self.x,
+                "y": self.y, "task": self.task, "keys": self.keys}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.count, self.seen, self.x = state["count"], state["seen"], state["x"]
+        self.y, self.task, self.keys = state["y"], state["task"], state["keys"]
 
     def sample(self, n: int):
         idx = torch.randint(0, self.count, (n,), generator=self.generator, device=self.device)

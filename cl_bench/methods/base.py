@@ -77,6 +77,16 @@ class Method:
     def after_task(self, task: Task) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """Model, optimiser and memory state; subclasses add what else they hold."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.memory.load_state_dict(state["memory"])
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over all classes for a preprocessed batch."""
         return self.model(x)
