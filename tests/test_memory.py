@@ -71,5 +71,5 @@ def test_reservoir_state_dict_resumes_the_same_stream():
     for memory in (a, b):
         for start in range(50, 90, 10):
             ids = torch.arange(start, start + 10)
-            memory.add(torch.zeros(10, 1, dtype=torch.uint8), ids, torch.zeros_like(ids))
+            memory.add(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), ids, torch.zeros_like(ids))
     assert torch.equal(a.y, b.y) and torch.equal(a.sample(8)[1], b.sample(8)[1])
