@@ -11,11 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.config import register_schemas
+from cl_bench.identity import run_id
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 _PROCESS_UID = secrets.token_hex(3)  # makes run dirs of runs started in one second distinct
 
 OmegaConf.register_new_resolver("clbench_uid", lambda: _PROCESS_UID, replace=True)
+OmegaConf.register_new_resolver("clbench_run_id", lambda *, _root_: run_id(_root_), replace=True)
 register_schemas()
 
 

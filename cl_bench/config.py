@@ -159,6 +159,8 @@ class ClbenchConf:
     device: Device = Device.auto
     scenario: Scenario = MISSING
     deterministic: bool = False
+    output_root: str = "outputs"
+    skip_done: bool = False
 
 
 SCHEMAS = {

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import random
 import resource
-import subprocess
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -18,8 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cl_bench
+from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
+from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
 from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger
 from cl_bench.metrics.accuracy import all_metrics
@@ -45,39 +45,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def flatten(container: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in container.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
-def git_commit() -> str:
-    src = Path(cl_bench.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=src, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("-dirty" if dirty.strip() else "")) if commit else "unknown"
-
-
 def identity(cfg: DictConfig) -> dict:
     """The keys that identify a run, then every resolved config key by dotted name."""
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    resolved.pop("hydra", None)
-    flat = flatten(resolved)
-    commit = git_commit()
-    stamp = {k: v for k, v in flat.items() if not k.startswith(("data.", "logger."))}
-    digest = hashlib.sha1(json.dumps([stamp, commit], sort_keys=True, default=str).encode())
+    flat = resolved_flat(cfg)
     return {
-        "run_id": digest.hexdigest()[:12],
+        "run_id": run_id(cfg),
         "benchmark": cfg.benchmark.name,
         "method": cfg.method.name,
         "memory": cfg.memory.name,
@@ -86,7 +58,7 @@ def identity(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "scenario": flat["scenario"],
         **{k: v for k, v in flat.items() if k not in ("seed", "scenario")},
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "clbench_version": cl_bench.__version__,
         "python_version": platform.python_version(),
@@ -107,12 +79,15 @@ def build_stream(cfg: DictConfig) -> TaskStream:
 class Run:
     """One run: the stream, the method, the evaluator and the loggers, and the task loop."""
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.summary = identity(cfg)
         self.summary.update(status="running", error="")
-        self.loggers = [CSVLogger(self.run_dir)]
+        # resuming continues after the last checkpointed task, or starts over without one
+        self.checkpoint = load_checkpoint(self.run_dir) if resume else None
+        done = self.checkpoint["task"] if self.checkpoint else -1
+        self.loggers = [CSVLogger(self.run_dir, keep_through_task=done if resume else None)]
         if cfg.logger.name == "wandb":
             from cl_bench.loggers.wandb_logger import WandbLogger
 
@@ -193,11 +168,24 @@ class Run:
                 for j in range(len(result[scenario]))
             ]
 
-        random_init = evaluate(evaluator.full)
         rows: dict[str, list] = {s: [] for s in stream.scenarios}
-        step = 0
+        step, first_task = 0, 0
+        if self.checkpoint:
+            ckpt = self.checkpoint
+            method.load_state_dict(ckpt["method"])
+            counter.train_flops, counter.eval_flops = ckpt["train_flops"], ckpt["eval_flops"]
+            batch_gen.set_state(ckpt["batch_rng"])
+            set_rng_state(ckpt["rng"])
+            step, rows, random_init = ckpt["step"], ckpt["rows"], ckpt["random_init"]
+            self.train_seconds, self.eval_seconds = ckpt["train_seconds"], ckpt["eval_seconds"]
+            first_task = ckpt["task"] + 1
+            self.summary["resumed_after_task"] = ckpt["task"]
+            for task in stream.tasks[:first_task]:
+                method.resume_task(task.to(device))
+        else:
+            random_init = evaluate(evaluator.full)
         t_start = time.perf_counter()
-        for task in stream:
+        for task in stream.tasks[first_task:]:
             task = task.to(device)
             method.before_task(task)
             x, y, task_ids = method.train_data(task)
@@ -226,6 +214,13 @@ class Run:
             self._log("log_acc_rows", acc_rows(result, {"train_task": task.id}))
             for s in stream.scenarios:
                 rows[s].append(result[s])
+            save_checkpoint(self.run_dir, {
+                "task": task.id, "method": method.state_dict(), "step": step, "rows": rows,
+                "random_init": random_init, "train_flops": counter.train_flops,
+                "eval_flops": counter.eval_flops, "batch_rng": batch_gen.get_state(),
+                "rng": rng_state(), "train_seconds": self.train_seconds,
+                "eval_seconds": self.eval_seconds,
+            })
         matrices = {s: np.array(r) for s, r in rows.items()}
         for s, a in matrices.items():
             self.summary.update(all_metrics(a, np.array(random_init[s]), s))
@@ -234,8 +229,9 @@ class Run:
             eval_flops=counter.eval_flops,
             memory_bytes=memory.nbytes,
             steps=step,
+            train_seconds=self.train_seconds,
+            eval_seconds=self.eval_seconds,
         )
-        self.summary["wall_seconds"] = time.perf_counter() - t_start
         self.console.report(matrices, self.summary, self.run_dir)
 
     def _flush_train(self, step, task_id, loss_sum, loss_n, counter, t_start) -> None:
@@ -253,5 +249,23 @@ def _sweep_group(run_dir: Path) -> str | None:
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run one experiment into `run_dir` and return its summary row."""
+    """Run one experiment into `run_dir` and return its summary row.
+
+    With `skip_done=true`, an earlier run with the same run id under `output_root` is
+    reused: a completed one is skipped, an unfinished one is resumed in its own directory
+    from its last per-task checkpoint; the fresh `run_dir` is then removed.
+    """
+    if cfg.skip_done:
+        rid = run_id(cfg)
+        here = Path(run_dir).resolve()
+        for previous, summary in find_runs(cfg.output_root, rid):
+            if previous.resolve() == here:
+                continue
+            shutil.rmtree(run_dir, ignore_errors=True)
+            console = ConsoleLogger(cfg.logger.console).console
+            if summary.get("status") == "completed":
+                console.print(f"skip_done: run {rid} already completed in {previous}")
+                return summary
+            console.print(f"skip_done: resuming run {rid} in {previous}")
+            return Run(cfg, previous, resume=True).execute()
     return Run(cfg, run_dir).execute()

@@ -67,6 +67,7 @@ class ConsoleLogger:
         self.console.print(table)
         self.console.print(
             f"train FLOPs {summary['train_flops']:.3e}  eval FLOPs {summary['eval_flops']:.3e}  "
-            f"wall {summary['wall_seconds']:.1f} s  memory {summary['memory_bytes']} B\n"
+            f"train {summary['train_seconds']:.1f} s  eval {summary['eval_seconds']:.1f} s  "
+            f"memory {summary['memory_bytes']} B\n"
             f"run dir: {run_dir}"
         )

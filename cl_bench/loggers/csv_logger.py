@@ -26,18 +26,29 @@ class CSVLogger:
     """Appends rows to acc_matrix.csv, curves.csv and train.csv (flushed per call, so a
     crash never leaves a half row) and writes summary.csv/json atomically."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, keep_through_task: int | None = None):
+        """`keep_through_task=k` continues existing files, dropping rows of tasks after k
+        (a resumed run); None starts them afresh."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._files = {}
         self._writers = {}
         for name, columns in (("acc_matrix", ACC_COLUMNS), ("curves", CURVE_COLUMNS),
                               ("train", TRAIN_COLUMNS)):
-            f = open(self.run_dir / f"{name}.csv", "w", newline="")
-            writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
+            path = self.run_dir / f"{name}.csv"
+            kept = []
+            if keep_through_task is not None and path.is_file():
+                with open(path, newline="") as f:
+                    kept = [r for r in csv.DictReader(f)
+                            if r.get("train_task") and int(r["train_task"]) <= keep_through_task]
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore")
             writer.writeheader()
-            f.flush()
-            self._files[name], self._writers[name] = f, writer
+            writer.writerows(kept)
+            atomic_write(path, buf.getvalue())
+            f = open(path, "a", newline="")
+            self._files[name] = f
+            self._writers[name] = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
 
     def _write(self, name: str, rows: list[dict]) -> None:
         self._writers[name].writerows(rows)

@@ -77,6 +77,10 @@ class Method:
     def after_task(self, task: Task) -> None:
         pass
 
+    def resume_task(self, task: Task) -> None:
+        """Called instead of training for each task a resumed run had completed, so a
+        method can rebuild per-task state its checkpoint does not hold."""
+
     def state_dict(self) -> dict:
         """Model, optimiser and memory state; subclasses add what else they hold."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -18,3 +18,6 @@ class Joint(Method):
     def train_data(self, task):
         self._seen.append(super().train_data(task))
         return tuple(torch.cat(parts) for parts in zip(*self._seen, strict=False))
+
+    def resume_task(self, task):
+        self._seen.append(super().train_data(task))

@@ -1,0 +1,73 @@
+"""Run identity: a run id that is a function of the resolved config, the seed and the code
+version (after van de Ven's parameter stamp), and finding earlier runs by that id."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+import cl_bench
+
+# keys that say where or how a run is written or shown, not what it computes
+NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger")
+
+
+def flatten(container: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in container.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def resolved_flat(cfg: DictConfig) -> dict:
+    """Every resolved config key by dotted name, without the hydra node."""
+    keys = [k for k in cfg if k != "hydra"]
+    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
+                                       enum_to_str=True)
+    return flatten(container)
+
+
+@functools.cache
+def git_commit() -> str:
+    src = Path(cl_bench.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=src, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty.strip() else "")) if commit else "unknown"
+
+
+def run_id(cfg: DictConfig) -> str:
+    """12 hex digits of a hash of the resolved config (seed included, output paths and
+    logging excluded) and the code version."""
+    stamp = {k: v for k, v in resolved_flat(cfg).items()
+             if not any(k == p or k.startswith(p + ".") for p in NOT_IN_ID)}
+    version = [cl_bench.__version__, git_commit()]
+    digest = hashlib.sha1(json.dumps([stamp, version], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
+
+
+def find_runs(output_root: str | Path, rid: str) -> list[tuple[Path, dict]]:
+    """Earlier run directories with this run id (directory names carry it), newest first,
+    each with its summary (empty when the run died before writing one)."""
+    found = []
+    for summary_dir in Path(output_root).glob(f"**/*{rid}*"):
+        if not summary_dir.is_dir():
+            continue
+        path = summary_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        if summary.get("run_id", rid) == rid:
+            found.append((summary_dir, summary))
+    return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)
