@@ -107,3 +107,15 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path):
     offline = list(Path(tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
     assert pd.read_csv(tmp_path / "run" / "summary.csv").status[0] == "completed"
+
+
+def test_joblib_launcher_runs_four_jobs_on_two_workers(tmp_path):
+    result = clbench(["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "seed=0,1,2,3",
+                      "budget.iters=5", "eval.every=0", "logger.console=false",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "n_jobs=2" in result.stdout + result.stderr
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.csv"))
+    assert len({p.parent for p in summaries}) == 4
+    rows = pd.concat(pd.read_csv(p) for p in summaries)
+    assert sorted(rows.seed) == [0, 1, 2, 3] and (rows.status == "completed").all()

@@ -1,0 +1,113 @@
+"""Comparison plots: accuracy-matrix heat maps, stability-gap curves with a band over
+seeds, and accuracy against training FLOPs with the Pareto front marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cl_bench.report.load import read_acc_matrix, read_curves  # noqa: E402
+
+
+def label_of(values: tuple, keys: list[str]) -> str:
+    return ", ".join(f"{k}={v}" if k not in ("method", "benchmark") else str(v)
+                     for k, v in zip(keys, values, strict=True))
+
+
+def _groups(runs: pd.DataFrame, keys: list[str]):
+    for values, group in runs.groupby(keys, dropna=False, sort=True):
+        yield label_of(values if isinstance(values, tuple) else (values,), keys), group
+
+
+def plot_acc_matrices(runs: pd.DataFrame, keys: list[str], path: Path) -> Path:
+    groups = list(_groups(runs, keys))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False)
+    for ax, (label, group) in zip(axes[0], groups, strict=True):
+        mean = np.mean([read_acc_matrix(d).to_numpy() for d in group.run_dir], axis=0)
+        ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
+        for (i, j), v in np.ndenumerate(mean):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 0.6 else "black")
+        ax.set(title=f"{label} (n={len(group)})", xlabel="evaluated task",
+               ylabel="after training task")
+        ax.title.set_fontsize(8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_stability_curves(runs: pd.DataFrame, keys: list[str], path: Path,
+                          eval_task: int = 0) -> Path | None:
+    """Accuracy on `eval_task` during training, mean over seeds with a +/- std band."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    plotted = False
+    boundaries: set[int] = set()
+    for label, group in _groups(runs, keys):
+        series = []
+        for run_dir in group.run_dir:
+            curves = read_curves(run_dir)
+            if curves.empty:
+                continue
+            task = curves[curves.eval_task == eval_task].set_index("step")["accuracy"]
+            series.append(task)
+            starts = curves.groupby("train_task").step.min()
+            boundaries |= set(starts.iloc[1:].tolist())
+        if not series:
+            continue
+        frame = pd.concat(series, axis=1)
+        mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=0)
+        line = ax.plot(mean.index, mean, label=f"{label} (n={frame.shape[1]})", lw=1.2)[0]
+        ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    for b in sorted(boundaries):
+        ax.axvline(b, color="grey", ls=":", lw=0.8)
+    ax.set(xlabel="iteration", ylabel=f"accuracy on task {eval_task}", ylim=(0, 1.02),
+           title="Continual evaluation (dotted: first evaluation of each new task)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(flops: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both cost and accuracy, by cost."""
+    order = np.lexsort((-acc, flops))
+    front, best = [], -np.inf
+    for i in order:
+        if acc[i] > best:
+            front.append(i)
+            best = acc[i]
+    return np.array(front, dtype=int)
+
+
+def plot_acc_vs_flops(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> Path:
+    flops = table["train_flops_mean"].to_numpy(float)
+    acc = table[f"{metric}_mean"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(flops, acc, xerr=table["train_flops_std"], yerr=table[f"{metric}_std"],
+                fmt="o", capsize=3)
+    for row, x, y in zip(table.itertuples(index=False), flops, acc, strict=True):
+        ax.annotate(label_of(tuple(row[: len(keys)]), keys), (x, y), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    front = pareto_front(flops, acc)
+    ax.step(flops[front], acc[front], where="post", color="tab:red", lw=1,
+            label="Pareto front")
+    ax.set(xscale="log", xlabel="training FLOPs", ylabel=metric.replace("_", " "),
+           title=f"{metric} vs training FLOPs (mean ± std over seeds)")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,83 @@
+"""clbench-compare on a 2 methods x 2 seeds set of runs, plus one failed run."""
+
+import csv
+import statistics
+
+import pandas as pd
+import pytest
+
+from cl_bench.report.compare import main as compare
+from cl_bench.report.plots import pareto_front
+from cl_bench.report.tables import group_keys
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from cl_bench.experiment import run_experiment
+    from conftest import compose_config, data_root
+
+    root = tmp_path_factory.mktemp("sweep")
+    for method in ("finetune", "er"):
+        for seed in (0, 1):
+            cfg = compose_config([f"method={method}", f"seed={seed}", "budget.iters=15",
+                                  "eval.every=5", "memory.size=50", "logger.console=false",
+                                  f"data.root={data_root()}"])
+            run_experiment(cfg, root / f"{method}_{seed}")
+    with pytest.raises(ValueError):
+        run_experiment(compose_config(["scenario=domain_il", "logger.console=false"]),
+                       root / "broken")
+    return root
+
+
+def _from_csv(path, column):
+    with open(path) as f:
+        return float(next(csv.DictReader(f))[column])
+
+
+def test_means_match_hand_computed_values(sweep, tmp_path):
+    assert compare([str(sweep), "--out", str(tmp_path), "--plot"]) == 0
+    table = pd.read_csv(tmp_path / "compare.csv").set_index("method")
+    assert sorted(table.index) == ["er", "finetune"] and (table.n == 2).all()
+    for method in ("er", "finetune"):
+        accs = [_from_csv(sweep / f"{method}_{s}" / "summary.csv", "acc_class_il") for s in (0, 1)]
+        assert table.loc[method, "acc_class_il_mean"] == pytest.approx(statistics.mean(accs))
+        assert table.loc[method, "acc_class_il_std"] == pytest.approx(statistics.stdev(accs))
+        # 95% CI half-width with 2 seeds: t(0.975, 1) * std / sqrt(2)
+        assert table.loc[method, "acc_class_il_ci95"] == pytest.approx(
+            12.7062047 * statistics.stdev(accs) / 2 ** 0.5, rel=1e-6)
+        flops = _from_csv(sweep / f"{method}_0" / "summary.csv", "train_flops")
+        assert table.loc[method, "train_flops_mean"] == pytest.approx(flops)
+    for name in ("compare.md", "compare.tex", "acc_matrices.png", "stability_curves.png",
+                 "acc_vs_flops.png"):
+        assert (tmp_path / name).stat().st_size > 200, name
+    assert "\\pm" in (tmp_path / "compare.tex").read_text()
+
+
+def test_failed_run_is_listed_apart_never_averaged(sweep, tmp_path):
+    assert compare([str(sweep), "--out", str(tmp_path), "--format", "md,csv"]) == 0
+    unfinished = pd.read_csv(tmp_path / "compare_unfinished.csv")
+    assert unfinished.status.tolist() == ["failed"]
+    assert unfinished.run_dir.iloc[0].endswith("broken")
+    assert pd.read_csv(tmp_path / "compare.csv").n.sum() == 4
+    assert "not completed" in (tmp_path / "compare.md").read_text()
+    assert not (tmp_path / "compare.tex").exists()
+
+
+def test_group_keys_are_what_varies():
+    runs = pd.DataFrame({"method": ["er", "er", "ft", "ft"],
+                         "method._target_": ["a", "a", "b", "b"],
+                         "memory.size": [200, 500, 200, 500], "seed": [0, 1, 0, 1],
+                         "benchmark": ["d"] * 4})
+    assert group_keys(runs) == ["method", "memory.size"]
+
+
+def test_bad_by_key_and_format_fail_clearly(sweep, tmp_path, capsys):
+    assert compare([str(sweep), "--out", str(tmp_path), "--by", "methd"]) == 2
+    assert "methd" in capsys.readouterr().out
+    assert compare([str(sweep), "--format", "xlsx"]) == 2
+
+
+def test_pareto_front():
+    flops = [1.0, 2.0, 3.0, 4.0]
+    acc = [0.5, 0.4, 0.8, 0.7]
+    assert pareto_front(pd.Series(flops).to_numpy(), pd.Series(acc).to_numpy()).tolist() == [0, 2]
