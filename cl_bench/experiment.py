@@ -95,7 +95,7 @@ class Run:
             self.loggers.append(WandbLogger(
                 self.run_dir, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 name=self.run_dir.name, project=lg.project, entity=lg.entity, mode=lg.mode,
-                group=lg.group or _sweep_group(self.run_dir), tags=lg.tags,
+                group=lg.group or _sweep_group(), tags=lg.tags,
             ))
         self.console = ConsoleLogger(cfg.logger.console)
 
@@ -243,9 +243,14 @@ class Run:
         }])
 
 
-def _sweep_group(run_dir: Path) -> str | None:
-    parts = run_dir.resolve().parts
-    return parts[-2] if "multirun" in parts else None
+def _sweep_group() -> str | None:
+    """The sweep directory's name when this run is a job of a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:

@@ -33,18 +33,25 @@ class WandbLogger:
             config=config, name=name, group=group, tags=list(tags or []), reinit="finish_previous",
         )
         self.run.define_metric("step")
+        self.run.define_metric("train_task")
         self.run.define_metric("curve/*", step_metric="step")
         self.run.define_metric("train/*", step_metric="step")
+        self.run.define_metric("acc_*", step_metric="train_task")
+
+    @staticmethod
+    def _per_task(rows, prefix: str = "") -> dict:
+        """{<prefix>acc_<scenario>/task<j>: value} for the scenarios the rows carry."""
+        return {f"{prefix}{key}/task{r['eval_task']}": r[key] for r in rows
+                for key in ("acc_class_il", "acc_task_il", "acc_domain_il")
+                if r.get(key) is not None}
 
     def log_acc_rows(self, rows):
-        for r in rows:
-            self.run.log({f"acc_matrix/t{r['train_task']}_e{r['eval_task']}": r["accuracy"]})
+        if rows:
+            self.run.log({"train_task": rows[0]["train_task"], **self._per_task(rows)})
 
     def log_curve_rows(self, rows):
         if rows:
-            data = {"step": rows[0]["step"]}
-            data.update({f"curve/task{r['eval_task']}": r["accuracy"] for r in rows})
-            self.run.log(data)
+            self.run.log({"step": rows[0]["step"], **self._per_task(rows, "curve/")})
 
     def log_train_rows(self, rows):
         for r in rows:
