@@ -2,7 +2,8 @@
 misspelled key or a value of the wrong type fails at compose time, before training.
 
 Each yaml under conf/<group>/ extends one of these through its defaults list
-(`- schema_<kind>`), and holds only the values.
+(`- /schema/<group>/<kind>@_here_`), and holds only the values. Schemas live in their own
+`schema/` groups so they do not show up as options of the groups they describe.
 """
 
 from __future__ import annotations
@@ -181,4 +182,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
-            cs.store(group=group, name=name, node=node)
+            if group is None:
+                cs.store(name=name, node=node)
+            else:
+                cs.store(group=f"schema/{group}", name=name.removeprefix("schema_"), node=node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import random
 import resource
@@ -60,9 +61,18 @@ def identity(cfg: DictConfig) -> dict:
         **{k: v for k, v in flat.items() if k not in ("seed", "scenario")},
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
+        "torchvision_version": _version("torchvision"),
+        "hydra_version": _version("hydra-core"),
         "clbench_version": cl_bench.__version__,
         "python_version": platform.python_version(),
     }
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_stream(cfg: DictConfig) -> TaskStream:

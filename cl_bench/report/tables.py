@@ -10,8 +10,9 @@ from scipy import stats
 IDENTITY = ["benchmark", "method", "memory", "memory_size", "model", "scenario"]
 # columns that never define a group: the seed (aggregated over), bookkeeping, paths
 NOT_GROUPS = ("seed", "run_id", "git_commit", "run_dir", "status", "error", "device",
-              "data.", "logger.", "output_root", "skip_done", "torch_version",
-              "clbench_version", "python_version", "resumed_after_task")
+              "data.", "logger.", "output_root", "skip_done", "resumed_after_task",
+              "torch_version", "torchvision_version", "hydra_version", "clbench_version",
+              "python_version")
 METRIC_PREFIXES = ("acc_", "forgetting_", "bwt_", "min_acc_", "wc_acc_")
 COST_COLUMNS = ["train_flops", "wall_seconds", "memory_bytes", "peak_rss_bytes"]
 
