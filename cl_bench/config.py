@@ -176,7 +176,9 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
+    from cl_bench.replay_schemas import SCHEMAS as REPLAY_SCHEMAS
+
     cs = ConfigStore.instance()
-    for group, nodes in SCHEMAS.items():
+    for group, nodes in [*SCHEMAS.items(), *REPLAY_SCHEMAS.items()]:
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)
