@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_bench.config import ReplayMethodConf
+from cl_bench.config import MethodConf, ReplayMethodConf
 
 
 @dataclass
@@ -20,7 +20,13 @@ class DERppConf(DERConf):
     beta: float = 0.5  # weight of the replayed-label CE term
 
 
+@dataclass
+class GDumbConf(MethodConf):
+    epochs: int = 30  # epochs of retraining from scratch on the memory before each evaluation
+    batch_size: int = 32
+
+
 SCHEMAS = {
-    "method": {"schema_der": DERConf, "schema_derpp": DERppConf},
+    "method": {"schema_der": DERConf, "schema_derpp": DERppConf, "schema_gdumb": GDumbConf},
     "memory": {},
 }

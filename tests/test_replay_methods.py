@@ -3,17 +3,18 @@ pieces they rely on (logits stored with memory samples, A-GEM's projection) are 
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from cl_bench.data.transforms import Preprocess
+from cl_bench.experiment import run_experiment
 from cl_bench.memory.reservoir import Reservoir
+from conftest import compose_config, needs_mnist
 
 FAST = ("memory.size=100", "eval.every=0")
 
 
 @pytest.fixture(scope="module")
 def finetune(tmp_path_factory):
-    from cl_bench.experiment import run_experiment
-    from conftest import compose_config
-
     cfg = compose_config(["logger.console=false", "method=finetune", "eval.every=0"])
     return run_experiment(cfg, tmp_path_factory.mktemp("ft"))
 
@@ -26,11 +27,18 @@ def test_derpp_beats_finetune(run_job, finetune):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, class_margin", [("der", 0.35), ("er_ace", 0.35),
-                                                  ("agem", 0.0)])
+                                                  ("agem", 0.0), ("icarl", 0.35),
+                                                  ("gdumb", 0.35)])
 def test_replay_method_beats_finetune(run_job, finetune, method, class_margin):
     summary, _ = run_job(f"method={method}", *FAST)
     assert summary["acc_class_il"] > finetune["acc_class_il"] + class_margin
     assert summary["acc_task_il"] > finetune["acc_task_il"]
+
+
+@needs_mnist
+def test_unsupported_scenario_fails_before_training(run_job):
+    with pytest.raises(Exception, match="method=icarl does not support scenario=domain_il"):
+        run_job("benchmark=permuted_mnist", "method=icarl")
 
 
 def test_der_memory_carries_logits_with_each_sample():
@@ -47,11 +55,6 @@ def test_der_memory_carries_logits_with_each_sample():
 
 
 def test_agem_projection_removes_the_conflict():
-    from hydra.utils import instantiate
-
-    from cl_bench.data.transforms import Preprocess
-    from conftest import compose_config
-
     cfg = compose_config(["method=agem", "method.replay_batch_size=8"])
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))

@@ -70,6 +70,10 @@ class SelectionBuffer(Memory):
         """Bool mask over candidates (held first, then offered): exactly `size` True."""
         raise NotImplementedError
 
+    def new_keys(self, n: int) -> torch.Tensor:
+        """Keys of `n` newly offered samples (called after `seen` counts them)."""
+        return torch.rand(n, generator=self.generator, device=self.device)
+
     def may_enter(self, keys: torch.Tensor, labels: torch.Tensor) -> bool:
         """Cheap pre-check on a full buffer: False when `keep` would reject every newcomer."""
         return True
@@ -82,7 +86,7 @@ class SelectionBuffer(Memory):
         x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
         n = len(x)
         self.seen += n
-        keys = torch.rand(n, generator=self.generator, device=self.device)
+        keys = self.new_keys(n)
         held = self.count
         if held == self.size and not self.may_enter(keys, y):
             return
