@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_bench.config import MethodConf, ReplayMethodConf
+from cl_bench.config import MemoryConf, MethodConf, ReplayMethodConf
 
 
 @dataclass
@@ -26,7 +26,14 @@ class GDumbConf(MethodConf):
     batch_size: int = 32
 
 
+@dataclass
+class CoresetConf(MemoryConf):
+    pool_size: int = 200  # reservoir of candidates from the current task
+    ridge: float = 0.5  # ridge term of the OMP least squares
+
+
 SCHEMAS = {
-    "method": {"schema_der": DERConf, "schema_derpp": DERppConf, "schema_gdumb": GDumbConf},
-    "memory": {},
+    "method": {"schema_der": DERConf, "schema_derpp": DERppConf, "schema_gdumb": GDumbConf,
+               "schema_gcr": DERppConf},
+    "memory": {"schema_coreset": CoresetConf},
 }

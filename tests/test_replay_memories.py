@@ -1,9 +1,11 @@
 """Memory policies of issue 3 (ring, herding) and iCaRL's nearest-mean classifier."""
 
+import pytest
 import torch
 from torch import nn
 
 from cl_bench.data.transforms import Preprocess
+from cl_bench.memory.coreset import Coreset, nonneg_omp
 from cl_bench.memory.herding import Herding, herding_order
 from cl_bench.memory.ring import Ring
 from cl_bench.methods.icarl import ICaRL
@@ -76,3 +78,40 @@ def test_icarl_nme_is_exact_on_separable_data():
     with torch.no_grad():
         pred = method.predict(method.preprocess(x)).argmax(1)
     assert torch.equal(pred, y)
+
+
+def _embed(rows):  # a fixed "gradient" per sample: its pixel values and label
+    return torch.cat([rows["x"].flatten(1).float(), rows["y"].unsqueeze(1).float()], 1)
+
+
+def test_coreset_weights_are_positive_and_sum_to_the_samples_represented():
+    gen = torch.Generator().manual_seed(0)
+    memory = Coreset(size=40, pool_size=60, seed=0)
+    seen = torch.zeros(4)
+    for task in range(2):
+        for _ in range(20):  # 200 samples per task, classes 2t and 2t+1 (unbalanced)
+            y = 2 * task + (torch.rand(10, generator=gen) < 0.3).long()
+            x = torch.randint(0, 255, (10, 1, 2, 2), generator=gen, dtype=torch.uint8)
+            memory.add(x, y, torch.full((10,), task), logits=torch.randn(10, 4, generator=gen))
+            seen += torch.bincount(y, minlength=4)
+        memory.consolidate(_embed, n_tasks=task + 1)
+        w, y = memory.rows["weight"], memory.rows["y"]
+        assert (w > 0).all()
+        for c in range(2 * task + 2):  # each class's weights: the samples of it seen
+            assert w[y == c].sum().item() == pytest.approx(seen[c].item(), rel=1e-5)
+        # re-selection keeps size // tasks per task
+        assert torch.bincount(memory.rows["task"]).tolist() == [40 // (task + 1)] * (task + 1)
+    x, y, t, z, w = memory.sample(16, "logits", "weight")
+    assert x.dtype == torch.uint8 and z.shape == (16, 4) and (w > 0).all()
+
+
+def test_coreset_matches_the_gradient_better_than_a_random_subset():
+    gen = torch.Generator().manual_seed(1)
+    grads = torch.randn(200, 8, generator=gen).double() + 0.5
+    target = grads.sum(0)
+    cols, w = nonneg_omp(grads.T, target, 10, ridge=0.0)
+    coreset_err = ((grads[cols].T @ w) - target).norm() / target.norm()
+    rand = torch.randperm(200, generator=gen)[:10]
+    random_err = ((grads[rand].sum(0) * 20) - target).norm() / target.norm()
+    assert (w > 0).all() and len(cols) <= 10
+    assert coreset_err < random_err / 2

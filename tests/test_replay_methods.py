@@ -27,7 +27,7 @@ def test_derpp_beats_finetune(run_job, finetune):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, class_margin", [("der", 0.35), ("er_ace", 0.35),
-                                                  ("agem", 0.0), ("icarl", 0.35),
+                                                  ("agem", 0.0), ("icarl", 0.35), ("gcr", 0.35),
                                                   ("gdumb", 0.35)])
 def test_replay_method_beats_finetune(run_job, finetune, method, class_margin):
     summary, _ = run_job(f"method={method}", *FAST)
