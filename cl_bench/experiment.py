@@ -166,7 +166,7 @@ class Run:
                             n_classes=stream.n_classes).to(device)
         budget = instantiate(cfg.budget)
         counter = budget.counter.attach(model)
-        memory = instantiate(cfg.memory, device=device, seed=cfg.seed)
+        memory = instantiate(cfg.memory, device=device, seed=cfg.seed, run_dir=str(self.run_dir))
         method = instantiate(
             cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
             preprocess=preprocess, class_mask=class_mask, scenario=scenario,
@@ -235,6 +235,7 @@ class Run:
             memory_bytes=memory.nbytes,
             steps=step,
         )
+        self.summary.update(memory.stats())
         self.summary["wall_seconds"] = time.perf_counter() - t_start
         self.console.report(matrices, self.summary, self.run_dir)
 

@@ -32,8 +32,14 @@ class CoresetConf(MemoryConf):
     ridge: float = 0.5  # ridge term of the OMP least squares
 
 
+@dataclass
+class CarouselConf(MemoryConf):
+    storage_size: int = 5000  # samples in the store on disk
+    swap_ratio: float = 0.5  # share of each replayed batch swapped with stored samples
+
+
 SCHEMAS = {
     "method": {"schema_der": DERConf, "schema_derpp": DERppConf, "schema_gdumb": GDumbConf,
                "schema_gcr": DERppConf},
-    "memory": {"schema_coreset": CoresetConf},
+    "memory": {"schema_coreset": CoresetConf, "schema_carousel": CarouselConf},
 }

@@ -28,6 +28,10 @@ class Memory:
     def nbytes(self) -> int:
         return 0
 
+    def stats(self) -> dict:
+        """Extra numbers for the run summary (called once, when training ends)."""
+        return {}
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this memory is (for checkpoints)."""
         return {"generator": self.generator.get_state()}
