@@ -44,7 +44,7 @@ class Carousel(Memory):
         self.files: dict[str, np.memmap] = {}
         self.requests: queue.Queue = queue.Queue(maxsize=64)
         self.results: queue.Queue = queue.Queue()
-        self.swaps = self.io_wait = self.io_seconds = 0
+        self.swaps = self.io_wait = self.io_seconds = self.swap_seconds = 0
         self.stop_event = threading.Event()
         self.mover = threading.Thread(target=self._move, daemon=True, name="carousel-mover")
         self.mover.start()
@@ -87,8 +87,9 @@ class Carousel(Memory):
         pos, slots = pos[found], slots[found]
         pos, first = _first_occurrences(pos)
         slots = slots[first]
-        if len(pos):
-            self._put(("read", slots, pos, self.version[pos].clone()))
+        if len(pos) and self.requests.qsize() < self.requests.maxsize // 2:
+            # swaps are best effort: skipped while the mover is behind, so training never waits
+            self.requests.put(("read", slots, pos, self.version[pos].clone()))
 
     def _apply_finished_swaps(self) -> None:
         while True:
@@ -110,11 +111,11 @@ class Carousel(Memory):
                     v[slots] = torch.as_tensor(data[k]).to(self.device)[fresh]
             em.extra["src"][slots] = torch.where(still_stored, pos, -1)
             self.swaps += len(slots)
-            self.io_wait += time.perf_counter() - t0
+            self.swap_seconds += time.perf_counter() - t0
 
     def _put(self, request) -> None:
         t0 = time.perf_counter()
-        self.requests.put(request)  # blocks only when the mover is 64 requests behind
+        self.requests.put(request)  # blocks (I/O wait) only when the mover is 64 requests behind
         self.io_wait += time.perf_counter() - t0
 
     # -- background thread ----------------------------------------------------------------
@@ -191,7 +192,7 @@ class Carousel(Memory):
         self.close()
         return {"memory_disk_bytes": sum(f.nbytes for f in self.files.values()),
                 "memory_swaps": self.swaps, "memory_io_wait_seconds": self.io_wait,
-                "memory_io_seconds": self.io_seconds,
+                "memory_io_seconds": self.io_seconds, "memory_swap_seconds": self.swap_seconds,
                 "memory_stored": int((self.stored_y >= 0).sum())}
 
     def state_dict(self) -> dict:
