@@ -42,7 +42,7 @@ class Carousel(Memory):
         self.version = torch.zeros(storage_size, dtype=torch.int64, device=self.device)
         self.seen = 0
         self.files: dict[str, np.memmap] = {}
-        self.requests: queue.Queue = queue.Queue(maxsize=64)
+        self.requests: queue.Queue = queue.Queue(maxsize=1024)  # bounds RAM held by pending writes
         self.results: queue.Queue = queue.Queue()
         self.swaps = self.io_wait = self.io_seconds = self.swap_seconds = 0
         self.stop_event = threading.Event()
@@ -87,7 +87,7 @@ class Carousel(Memory):
         pos, slots = pos[found], slots[found]
         pos, first = _first_occurrences(pos)
         slots = slots[first]
-        if len(pos) and self.requests.qsize() < self.requests.maxsize // 2:
+        if len(pos) and self.requests.qsize() < 32:
             # swaps are best effort: skipped while the mover is behind, so training never waits
             self.requests.put(("read", slots, pos, self.version[pos].clone()))
 
@@ -115,7 +115,7 @@ class Carousel(Memory):
 
     def _put(self, request) -> None:
         t0 = time.perf_counter()
-        self.requests.put(request)  # blocks (I/O wait) only when the mover is 64 requests behind
+        self.requests.put(request)  # blocks (I/O wait) only when the mover is 1024 requests behind
         self.io_wait += time.perf_counter() - t0
 
     # -- background thread ----------------------------------------------------------------
