@@ -176,9 +176,10 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
-    from cl_bench.replay_schemas import SCHEMAS as REPLAY_SCHEMAS
+    from cl_bench.replay_schemas import register as register_replay_schemas
 
     cs = ConfigStore.instance()
-    for group, nodes in [*SCHEMAS.items(), *REPLAY_SCHEMAS.items()]:
+    register_replay_schemas(cs)
+    for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)

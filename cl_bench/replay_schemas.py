@@ -1,11 +1,15 @@
 """Structured-config schemas of the replay-family methods and memories (issue 3).
 
-Registered by `cl_bench.config.register_schemas` next to the core schemas.
+Registered by `cl_bench.config.register_schemas` next to the core schemas, each as
+`schema/<group>/<kind>` (a yaml extends it with `- /schema/<group>/<kind>@_here_`), so they
+do not show up as options of the groups they describe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
 
 from cl_bench.config import MemoryConf, MethodConf, ReplayMethodConf
 
@@ -39,7 +43,13 @@ class CarouselConf(MemoryConf):
 
 
 SCHEMAS = {
-    "method": {"schema_der": DERConf, "schema_derpp": DERppConf, "schema_gdumb": GDumbConf,
-               "schema_gcr": DERppConf},
-    "memory": {"schema_coreset": CoresetConf, "schema_carousel": CarouselConf},
+    "method": {"method": MethodConf, "replay": ReplayMethodConf, "der": DERConf,
+               "derpp": DERppConf, "gdumb": GDumbConf, "gcr": DERppConf},
+    "memory": {"memory": MemoryConf, "coreset": CoresetConf, "carousel": CarouselConf},
 }
+
+
+def register(cs: ConfigStore) -> None:
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
