@@ -35,7 +35,8 @@ def _check_consistent(memory, n_offered):
 
 
 def test_swaps_bring_stored_samples_in_without_duplicates(tmp_path):
-    memory = Carousel(size=20, storage_size=1000, swap_ratio=1.0, run_dir=tmp_path, seed=0)
+    memory = Carousel(size=20, storage_size=1000, swap_ratio=1.0, swap_every=1,
+                      run_dir=tmp_path, seed=0)
     _stream(memory)
     before = set(_ids(memory.em.x).tolist())
     for _ in range(30):
@@ -52,7 +53,8 @@ def test_swaps_bring_stored_samples_in_without_duplicates(tmp_path):
 
 
 def test_interrupting_the_mover_mid_swap_loses_and_duplicates_nothing(tmp_path):
-    memory = Carousel(size=20, storage_size=1000, swap_ratio=1.0, run_dir=tmp_path, seed=1)
+    memory = Carousel(size=20, storage_size=1000, swap_ratio=1.0, swap_every=1,
+                      run_dir=tmp_path, seed=1)
     _stream(memory)
     memory.flush()
     held = memory.em.x.clone(), memory.em.y.clone()

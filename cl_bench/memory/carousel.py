@@ -23,20 +23,26 @@ class Carousel(Memory):
     replay samples from, backed by a store of `storage_size` samples on disk (reservoir over
     the stream; one uint8 memory-mapped file for the images, and one per label/extra field,
     under `<run_dir>/carousel/`). Every offered sample is written to the store; after each
-    `sample`, a share `swap_ratio` of the replayed slots are swapped for random stored samples
+    `sample`, a share `swap_ratio` of the replayed slots are swapped (requested in batches
+    every `swap_every` samplings) for random stored samples
     of the same class that are not in the working buffer. A background thread does all disk
     reads and writes; finished swaps are applied at the next `sample`, so training never
     waits on disk. A swap is applied whole or not at all: interrupting the thread loses or
     duplicates nothing."""
 
     def __init__(self, size: int = 200, storage_size: int = 5000, swap_ratio: float = 0.5,
-                 run_dir: str | None = None, device="cpu", seed: int = 0, **kw):
+                 swap_every: int = 16, run_dir: str | None = None, device="cpu", seed: int = 0,
+                 **kw):
         super().__init__(size, device, seed, **kw)
         if run_dir is None:
             raise ValueError("memory=carousel stores samples under the run directory; "
                              "pass run_dir (the runner does)")
         self.dir = Path(run_dir) / "carousel"
-        self.storage_size, self.swap_ratio = storage_size, swap_ratio
+        self.storage_size, self.swap_ratio, self.swap_every = storage_size, swap_ratio, swap_every
+        # the main thread hands work to the mover in batches, every `swap_every` samplings
+        self._writes: list = []
+        self._swap_slots: list[torch.Tensor] = []
+        self._samplings = 0
         self.em = Reservoir(size, device, seed)
         self.stored_y = torch.full((storage_size,), -1, dtype=torch.int64, device=self.device)
         self.version = torch.zeros(storage_size, dtype=torch.int64, device=self.device)
@@ -63,8 +69,7 @@ class Carousel(Memory):
         pos = torch.where(keep, pos, -1)
         self.stored_y[pos[keep]] = y.to(self.device)[keep]
         self.version[pos[keep]] += 1
-        fields = {"x": x, "y": y, "task": task_id, **extra}
-        self._put(("write", pos.cpu().numpy(), {k: v.cpu().numpy() for k, v in fields.items()}))
+        self._writes.append((pos, {"x": x, "y": y, "task": task_id, **extra}))
         self.em.add(x, y, task_id, src=pos, **extra)
 
     def sample(self, n: int, *extra: str):
@@ -72,8 +77,21 @@ class Carousel(Memory):
         em = self.em
         idx = torch.randint(0, em.count, (n,), generator=self.generator, device=self.device)
         out = (em.x[idx], em.y[idx], em.task[idx], *(em.extra[k][idx] for k in extra))
-        self._request_swaps(idx[: math.ceil(self.swap_ratio * n)].unique())
+        self._swap_slots.append(idx[: math.ceil(self.swap_ratio * n)])
+        self._samplings += 1
+        if self._samplings % self.swap_every == 0:
+            self._send_writes()  # before the reads, so the mover reads what is written
+            self._request_swaps(torch.cat(self._swap_slots).unique())
+            self._swap_slots = []
         return out
+
+    def _send_writes(self) -> None:
+        if self._writes:
+            pos = torch.cat([p for p, _ in self._writes]).cpu().numpy()
+            fields = {k: torch.cat([f[k] for _, f in self._writes]).cpu().numpy()
+                      for k in self._writes[0][1]}
+            self._writes = []
+            self._put(("write", pos, fields))
 
     def _request_swaps(self, slots: torch.Tensor) -> None:
         labels = self.em.y[slots]
@@ -163,6 +181,7 @@ class Carousel(Memory):
 
     def flush(self) -> None:
         """Wait until the mover has done every disk write and read asked so far."""
+        self._send_writes()
         if self.mover.is_alive():
             self.requests.join()
         for file in self.files.values():
@@ -170,6 +189,7 @@ class Carousel(Memory):
 
     def close(self) -> None:
         """Finish pending disk work and stop the mover."""
+        self._send_writes()
         if self.mover.is_alive():
             self.requests.put(None)
             self.mover.join()
