@@ -179,7 +179,10 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
+    from cl_bench.replay_schemas import register as register_replay_schemas
+
     cs = ConfigStore.instance()
+    register_replay_schemas(cs)
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             if group is None:

@@ -151,7 +151,7 @@ class Run:
                             n_classes=stream.n_classes).to(device)
         budget = instantiate(cfg.budget)
         counter = budget.counter.attach(model)
-        memory = instantiate(cfg.memory, device=device, seed=cfg.seed)
+        memory = instantiate(cfg.memory, device=device, seed=cfg.seed, run_dir=str(self.run_dir))
         method = instantiate(
             cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
             preprocess=preprocess, class_mask=class_mask, scenario=scenario,
@@ -242,6 +242,7 @@ class Run:
             train_seconds=self.train_seconds,
             eval_seconds=self.eval_seconds,
         )
+        self.summary.update(memory.stats())
         self.console.report(matrices, self.summary, self.run_dir)
 
     def _flush_train(self, step, task_id, loss_sum, loss_n, counter, t_start) -> None:

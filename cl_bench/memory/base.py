@@ -28,6 +28,10 @@ class Memory:
     def nbytes(self) -> int:
         return 0
 
+    def stats(self) -> dict:
+        """Extra numbers for the run summary (called once, when training ends)."""
+        return {}
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this memory is (for checkpoints)."""
         return {"generator": self.generator.get_state()}
@@ -64,10 +68,15 @@ class SelectionBuffer(Memory):
         self.y = torch.empty(size, dtype=torch.int64, device=self.device)
         self.task = torch.empty(size, dtype=torch.int64, device=self.device)
         self.keys = torch.empty(size, device=self.device)
+        self.extra: dict[str, torch.Tensor] = {}  # per-sample tensors passed to add(**extra)
 
     def keep(self, keys: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bool mask over candidates (held first, then offered): exactly `size` True."""
         raise NotImplementedError
+
+    def new_keys(self, n: int) -> torch.Tensor:
+        """Keys of `n` newly offered samples (called after `seen` counts them)."""
+        return torch.rand(n, generator=self.generator, device=self.device)
 
     def may_enter(self, keys: torch.Tensor, labels: torch.Tensor) -> bool:
         """Cheap pre-check on a full buffer: False when `keep` would reject every newcomer."""
@@ -81,7 +90,7 @@ class SelectionBuffer(Memory):
         x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
         n = len(x)
         self.seen += n
-        keys = torch.rand(n, generator=self.generator, device=self.device)
+        keys = self.new_keys(n)
         held = self.count
         if held == self.size and not self.may_enter(keys, y):
             return
@@ -97,25 +106,33 @@ class SelectionBuffer(Memory):
         self.y[slots] = y[incoming]
         self.task[slots] = task_id[incoming]
         self.keys[slots] = keys[incoming]
+        for name, value in extra.items():
+            if name not in self.extra:
+                self.extra[name] = torch.empty((self.size, *value.shape[1:]), dtype=value.dtype,
+                                               device=self.device)
+            self.extra[name][slots] = value.to(self.device)[incoming]
         self.count = min(self.size, held + n)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "count": self.count, "seen": self.seen, "x": self.x,
-                "y": self.y, "task": self.task, "keys": self.keys}
+                "y": self.y, "task": self.task, "keys": self.keys, "extra": self.extra}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.count, self.seen, self.x = state["count"], state["seen"], state["x"]
         self.y, self.task, self.keys = state["y"], state["task"], state["keys"]
+        self.extra = state.get("extra", {})
 
-    def sample(self, n: int):
+    def sample(self, n: int, *extra: str):
+        """`n` samples drawn uniformly with replacement: (x, y, task, *the named extras)."""
         idx = torch.randint(0, self.count, (n,), generator=self.generator, device=self.device)
-        return self.x[idx], self.y[idx], self.task[idx]
+        return (self.x[idx], self.y[idx], self.task[idx], *(self.extra[k][idx] for k in extra))
 
     def __len__(self) -> int:
         return self.count
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.y, self.task, self.keys] + ([self.x] if self.x is not None else [])
+        tensors = [self.y, self.task, self.keys, *self.extra.values()]
+        tensors += [self.x] if self.x is not None else []
         return sum(t.nbytes for t in tensors)

@@ -12,8 +12,9 @@ class Reservoir(SelectionBuffer):
     sample seen so far is in memory with the same probability size / seen."""
 
     def keep(self, keys, labels):
-        mask = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
-        mask[keys.topk(self.size, largest=False).indices] = True
+        # drop the few largest keys rather than ranking the `size` smallest: far cheaper
+        mask = torch.ones(len(keys), dtype=torch.bool, device=keys.device)
+        mask[keys.topk(len(keys) - self.size).indices] = False
         return mask
 
     def may_enter(self, keys, labels):
