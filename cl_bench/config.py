@@ -130,6 +130,7 @@ class EvalConf:
     every: int = 50  # iterations between continual evaluations; 0 turns them off
     probe_size: int = 200  # test samples per task in the continual-evaluation probe
     batch_size: int = 1000
+    plot: bool = True  # write stability_gap.png when there are curves
 
 
 @dataclass

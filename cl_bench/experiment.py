@@ -24,6 +24,7 @@ from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
+from cl_bench.metrics.stability import stability_metrics
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -147,6 +148,7 @@ class Run:
                 wall_seconds=time.perf_counter() - start,
                 train_seconds=self.train_seconds,
                 eval_seconds=self.eval_seconds,
+                eval_overhead=self.eval_seconds / max(self.train_seconds, 1e-9),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             )
             self._log("log_summary", self.summary)
@@ -195,6 +197,7 @@ class Run:
 
         random_init = evaluate(evaluator.full)
         rows: dict[str, list] = {s: [] for s in stream.scenarios}
+        curves: list[dict] = []
         step = 0
         t_start = time.perf_counter()
         for task in stream:
@@ -215,8 +218,8 @@ class Run:
                     loss_sum, loss_n = torch.zeros((), device=device), 0
                 if every and step % every == 0:
                     curve = evaluate(lambda p, n=task.id + 1: evaluator.probes(p, n))
-                    self._log("log_curve_rows", acc_rows(curve, {"step": step,
-                                                                 "train_task": task.id}))
+                    curves += acc_rows(curve, {"step": step, "train_task": task.id})
+                    self._log("log_curve_rows", curves[-len(curve[scenario]):])
             if loss_n:
                 self._flush_train(step, task.id, loss_sum, loss_n, counter, t_start)
             self.console.end_task()
@@ -229,6 +232,12 @@ class Run:
         matrices = {s: np.array(r) for s, r in rows.items()}
         for s, a in matrices.items():
             self.summary.update(all_metrics(a, np.array(random_init[s]), s))
+        self.summary.update(eval_every=every, eval_probe_size=cfg.eval.probe_size,
+                            **stability_metrics(curves, stream.scenarios))
+        if curves and cfg.eval.plot:
+            from cl_bench.report.stability_plot import write_stability_plot
+
+            write_stability_plot(self.run_dir)
         self.summary.update(
             train_flops=counter.train_flops,
             eval_flops=counter.eval_flops,

@@ -1,0 +1,1 @@
+"""Reading saved runs back: tables and plots (clbench-compare)."""
