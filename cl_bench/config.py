@@ -60,6 +60,16 @@ class PermutedBenchmarkConf:
 
 
 @dataclass
+class RotatedBenchmarkConf:
+    _target_: str = "cl_bench.data.rotated.rotated_stream"
+    name: str = MISSING
+    dataset: str = MISSING
+    angles: list[float] = field(default_factory=lambda: [0.0, 80.0, 160.0])
+    scenario: Scenario = Scenario.domain_il
+    augment: str = "none"
+
+
+@dataclass
 class MLPConf:
     _target_: str = "cl_bench.models.mlp.MLP"
     name: str = "mlp"
@@ -174,6 +184,8 @@ SCHEMAS = {
     "eval": {"schema_eval": EvalConf},
     "logger": {"schema_logger": LoggerConf},
 }
+
+SCHEMAS["benchmark"]["schema_rotated"] = RotatedBenchmarkConf
 
 
 def register_schemas() -> None:
