@@ -74,6 +74,7 @@ class MLPConf:
     _target_: str = "cl_bench.models.mlp.MLP"
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [400, 400])
+    head: str = "linear"  # linear | nmc (nearest class mean at prediction)
 
 
 @dataclass
@@ -90,9 +91,21 @@ class ResNetConf:
 
 
 @dataclass
+class LoRAConf:
+    rank: int = 0  # 0: off
+    alpha: float | None = None  # update scale alpha / rank; null: alpha = rank
+
+
+@dataclass
 class MethodConf:
     _target_: str = MISSING
     name: str = MISSING
+    # stability-gap remedies (cl_bench/methods/remedies.py); the defaults leave a method as is
+    head_init: str = "random"  # random | class_mean
+    freeze_old_rows: bool = False
+    soft_targets: str = "none"  # none | dynamic
+    soft_weight: float = 0.2
+    lora: LoRAConf = field(default_factory=LoRAConf)
 
 
 @dataclass

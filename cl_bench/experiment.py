@@ -173,6 +173,8 @@ class Run:
             cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
             preprocess=preprocess, class_mask=class_mask, scenario=scenario,
         )
+        counter.detach()
+        counter.attach(model)  # again: a method may have added layers (LoRA)
         evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
                               probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
                               seed=cfg.seed)
