@@ -148,7 +148,8 @@ class Run:
                 wall_seconds=time.perf_counter() - start,
                 train_seconds=self.train_seconds,
                 eval_seconds=self.eval_seconds,
-                eval_overhead=self.eval_seconds / max(self.train_seconds, 1e-9),
+                eval_overhead=(self.eval_seconds / self.train_seconds
+                               if self.train_seconds else None),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             )
             self._log("log_summary", self.summary)

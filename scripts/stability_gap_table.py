@@ -18,8 +18,6 @@ from cl_bench.experiment import run_experiment
 
 CONFIGS = {
     "er": ["method=er"],
-    "er + class-mean init + frozen old rows": [
-        "method=er", "method.head_init=class_mean", "method.freeze_old_rows=true"],
     "sgm": ["method=sgm"],
     "er, model.head=nmc": ["method=er", "model.head=nmc"],
 }
@@ -29,8 +27,8 @@ METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_cla
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--iters", type=int, default=500, help="iterations per task (batch 10)")
-    ap.add_argument("--probe-size", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=300, help="iterations per task (batch 10)")
+    ap.add_argument("--probe-size", type=int, default=100)
     args = ap.parse_args()
     common = ["benchmark=split_mnist", f"budget.iters={args.iters}", "budget.epochs=null",
               "eval.every=1", f"eval.probe_size={args.probe_size}", "eval.plot=false",
