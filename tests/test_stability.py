@@ -92,3 +92,18 @@ def test_run_reports_stability_metrics_and_plot(run_job):
         summary["eval_seconds"] / summary["train_seconds"])
     png = (run_dir / "stability_gap.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_plot_overlays_runs_on_one_axes():
+    import matplotlib.pyplot as plt
+
+    from cl_bench.report.stability_plot import plot_stability_gap
+
+    curves = pd.DataFrame(rows_from([TASK0, TASK1], [0] * 4 + [1] * 5))
+    fig, ax = plt.subplots()
+    plot_stability_gap(curves, ax=ax, label="a")
+    plot_stability_gap(curves.assign(acc_class_il=curves.acc_class_il / 2), ax=ax, label="b")
+    lines = [ln for ln in ax.get_lines() if ln.get_label() in ("a", "b")]
+    assert [len(ln.get_xdata()) for ln in lines] == [9, 9]
+    assert max(lines[1].get_ydata()) == pytest.approx(45.0)  # percent, halved
+    plt.close(fig)

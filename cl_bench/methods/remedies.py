@@ -90,7 +90,7 @@ def class_mean_rows(method, task, new: list[int]) -> None:
                        for b in range(0, len(x), 1000)])
     model.train(was_training)
     y = task.train_y
-    old = [c for c in range(head.out_features) if c not in new and c in method._seen]
+    old = sorted(method._seen - set(new))
     ref = old or list(range(head.out_features))
     norm = head.weight[ref].norm(dim=1).mean()
     centre = feats.mean(0)
