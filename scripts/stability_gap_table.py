@@ -19,6 +19,8 @@ from cl_bench.experiment import run_experiment
 CONFIGS = {
     "er": ["method=er"],
     "sgm": ["method=sgm"],
+    "er + class-mean init + frozen old rows": [
+        "method=er", "method.head_init=class_mean", "method.freeze_old_rows=true"],
     "er, model.head=nmc": ["method=er", "model.head=nmc"],
 }
 METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_class_il"]
@@ -29,13 +31,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iters", type=int, default=300, help="iterations per task (batch 10)")
     ap.add_argument("--probe-size", type=int, default=100)
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = ap.parse_args()
     common = ["benchmark=split_mnist", f"budget.iters={args.iters}", "budget.epochs=null",
               "eval.every=1", f"eval.probe_size={args.probe_size}", "eval.plot=false",
               "logger.console=false"]
     out = Path(tempfile.mkdtemp(prefix="stability_table_"))
     print(f"| configuration | {' | '.join(METRICS)} |\n|---|{'---|' * len(METRICS)}")
-    for name, overrides in CONFIGS.items():
+    for name in args.configs:
+        overrides = CONFIGS[name]
         values = {m: [] for m in METRICS}
         for seed in args.seeds:
             with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
