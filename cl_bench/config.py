@@ -61,10 +61,21 @@ class PermutedBenchmarkConf:
 
 
 @dataclass
+class RotatedBenchmarkConf:
+    _target_: str = "cl_bench.data.rotated.rotated_stream"
+    name: str = MISSING
+    dataset: str = MISSING
+    angles: list[float] = field(default_factory=lambda: [0.0, 80.0, 160.0])
+    scenario: Scenario = Scenario.domain_il
+    augment: str = "none"
+
+
+@dataclass
 class MLPConf:
     _target_: str = "cl_bench.models.mlp.MLP"
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [400, 400])
+    head: str = "linear"  # linear | nmc (nearest class mean at prediction)
 
 
 @dataclass
@@ -81,9 +92,21 @@ class ResNetConf:
 
 
 @dataclass
+class LoRAConf:
+    rank: int = 0  # 0: off
+    alpha: float | None = None  # update scale alpha / rank; null: alpha = rank
+
+
+@dataclass
 class MethodConf:
     _target_: str = MISSING
     name: str = MISSING
+    # stability-gap remedies (cl_bench/methods/remedies.py); the defaults leave a method as is
+    head_init: str = "random"  # random | class_mean
+    freeze_old_rows: bool = False
+    soft_targets: str = "none"  # none | dynamic
+    soft_weight: float = 0.2
+    lora: LoRAConf = field(default_factory=LoRAConf)
 
 
 @dataclass
@@ -131,6 +154,7 @@ class EvalConf:
     every: int = 50  # iterations between continual evaluations; 0 turns them off
     probe_size: int = 200  # test samples per task in the continual-evaluation probe
     batch_size: int = 1000
+    plot: bool = True  # write stability_gap.png when there are curves
 
 
 @dataclass
@@ -166,7 +190,8 @@ class ClbenchConf:
 
 SCHEMAS = {
     None: {"schema": ClbenchConf},
-    "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf},
+    "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf,
+                  "schema_rotated": RotatedBenchmarkConf},
     "model": {"schema_mlp": MLPConf, "schema_resnet18_reduced": ReducedResNetConf,
               "schema_resnet18": ResNetConf},
     "method": {"schema_method": MethodConf, "schema_replay": ReplayMethodConf},

@@ -25,6 +25,7 @@ from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
+from cl_bench.metrics.stability import stability_metrics
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -132,6 +133,8 @@ class Run:
                 wall_seconds=time.perf_counter() - start,
                 train_seconds=self.train_seconds,
                 eval_seconds=self.eval_seconds,
+                eval_overhead=(self.eval_seconds / self.train_seconds
+                               if self.train_seconds else None),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             )
             self._log("log_summary", self.summary)
@@ -156,6 +159,8 @@ class Run:
             cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
             preprocess=preprocess, class_mask=class_mask, scenario=scenario,
         )
+        counter.detach()
+        counter.attach(model)  # again: a method may have added layers (LoRA)
         evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
                               probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
                               seed=cfg.seed)
@@ -179,6 +184,7 @@ class Run:
             ]
 
         rows: dict[str, list] = {s: [] for s in stream.scenarios}
+        curves: list[dict] = []  # continual-evaluation rows, for the stability-gap metrics
         step, first_task = 0, 0
         if self.checkpoint:
             ckpt = self.checkpoint
@@ -187,6 +193,7 @@ class Run:
             batch_gen.set_state(ckpt["batch_rng"])
             set_rng_state(ckpt["rng"])
             step, rows, random_init = ckpt["step"], ckpt["rows"], ckpt["random_init"]
+            curves = ckpt["curves"]
             self.train_seconds, self.eval_seconds = ckpt["train_seconds"], ckpt["eval_seconds"]
             first_task = ckpt["task"] + 1
             self.summary["resumed_after_task"] = ckpt["task"]
@@ -213,8 +220,8 @@ class Run:
                     loss_sum, loss_n = torch.zeros((), device=device), 0
                 if every and step % every == 0:
                     curve = evaluate(lambda p, n=task.id + 1: evaluator.probes(p, n))
-                    self._log("log_curve_rows", acc_rows(curve, {"step": step,
-                                                                 "train_task": task.id}))
+                    curves += acc_rows(curve, {"step": step, "train_task": task.id})
+                    self._log("log_curve_rows", curves[-len(curve[scenario]):])
             if loss_n:
                 self._flush_train(step, task.id, loss_sum, loss_n, counter, t_start)
             self.console.end_task()
@@ -226,6 +233,7 @@ class Run:
                 rows[s].append(result[s])
             save_checkpoint(self.run_dir, {
                 "task": task.id, "method": method.state_dict(), "step": step, "rows": rows,
+                "curves": curves,
                 "random_init": random_init, "train_flops": counter.train_flops,
                 "eval_flops": counter.eval_flops, "batch_rng": batch_gen.get_state(),
                 "rng": rng_state(), "train_seconds": self.train_seconds,
@@ -234,6 +242,12 @@ class Run:
         matrices = {s: np.array(r) for s, r in rows.items()}
         for s, a in matrices.items():
             self.summary.update(all_metrics(a, np.array(random_init[s]), s))
+        self.summary.update(eval_every=every, eval_probe_size=cfg.eval.probe_size,
+                            **stability_metrics(curves, stream.scenarios))
+        if curves and cfg.eval.plot:
+            from cl_bench.report.stability_plot import write_stability_plot
+
+            write_stability_plot(self.run_dir)
         self.summary.update(
             train_flops=counter.train_flops,
             eval_flops=counter.eval_flops,

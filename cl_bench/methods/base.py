@@ -11,6 +11,7 @@ from torch import nn
 from cl_bench.data.stream import Task
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.base import Memory
+from cl_bench.methods.remedies import install as install_remedies
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 x, labels, task ids
 
@@ -37,7 +38,7 @@ class Method:
         class_mask: torch.Tensor,
         scenario: str,
         name: str = "",
-        **_: object,
+        **options: object,
     ):
         self.name = name or type(self).__name__.lower()
         if scenario not in self.supported_scenarios:
@@ -56,6 +57,7 @@ class Method:
         self.preprocess = preprocess
         self.class_mask = class_mask
         self.scenario = scenario
+        install_remedies(self, optimizer, **options)  # stability-gap switches; off by default
 
     # -- phases -------------------------------------------------------------------------
     def before_task(self, task: Task) -> None:

@@ -11,8 +11,12 @@ class MLP(nn.Module):
     """Flatten -> [Linear -> ReLU] x len(hidden) -> Linear head (e.g. the 2x400 MLP of
     van de Ven et al., 2020, or the 2x100 MLP of the DER paper)."""
 
-    def __init__(self, input_shape, n_classes: int, hidden=(400, 400), **_):
+    def __init__(self, input_shape, n_classes: int, hidden=(400, 400), head: str = "linear",
+                 **_):
         super().__init__()
+        if head not in ("linear", "nmc"):
+            raise ValueError(f"model.head={head!r}: choose 'linear' or 'nmc'")
+        self.head_kind = head  # nmc: methods predict by nearest class mean (methods/remedies.py)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:

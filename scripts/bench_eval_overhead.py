@@ -1,0 +1,56 @@
+"""Continual-evaluation overhead: `eval_seconds / train_seconds` of ER runs on split MNIST
+(MLP 2x400, SGD, replay batch = batch size, 500-sample reservoir) for several `eval.every`
+values on `eval.probe_size`-sample probes per seen task, measured in one process with the
+settings interleaved; prints the median over repeats.
+
+    CLBENCH_DATA=../shared/data python scripts/bench_eval_overhead.py --every 1 50 \\
+        --probe-size 1000 --batch-size 10 --iters 200 --repeats 3
+
+`eval_seconds` counts every evaluation: the probes during training and the full test set
+after each task; `train_seconds` the optimisation steps only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from cl_bench.cli import CONF_DIR
+from cl_bench.experiment import run_experiment
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--every", type=int, nargs="+", default=[1, 50])
+    ap.add_argument("--probe-size", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=None, help="per task; default: 1 epoch")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    budget = [f"budget.iters={args.iters}", "budget.epochs=null"] if args.iters else []
+    common = ["benchmark=split_mnist", "method=er", f"budget.batch_size={args.batch_size}",
+              f"method.replay_batch_size={args.batch_size}", f"eval.probe_size={args.probe_size}",
+              "eval.plot=false", "logger.console=false", *budget]
+    out = Path(tempfile.mkdtemp(prefix="eval_overhead_"))
+    results: dict[int, list] = {e: [] for e in args.every}
+    for r in range(args.repeats):
+        for every in args.every:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose("config", overrides=[*common, f"eval.every={every}"])
+            s = run_experiment(cfg, out / f"every{every}_{r}")
+            results[every].append((s["eval_overhead"], s["train_seconds"], s["eval_seconds"]))
+    print(f"split MNIST, ER, batch {args.batch_size}+{args.batch_size}, probes "
+          f"{args.probe_size}/task, {args.iters or '1 epoch'} iterations/task, "
+          f"{args.repeats} repeats (median)")
+    for every, rows in results.items():
+        ratio, train, ev = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"eval.every={every:<4d} train {train:7.2f} s  eval {ev:7.2f} s  "
+              f"overhead {100 * ratio:6.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Stability-gap remedies: each switch's invariant on a tiny model, and NMC on a real run."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cl_bench.data.stream import Task, TaskStream
+from cl_bench.data.transforms import Preprocess
+from cl_bench.memory.reservoir import Reservoir
+from cl_bench.methods.er import ER
+from cl_bench.methods.remedies import LoRALinear
+from cl_bench.models.mlp import MLP
+
+
+def tiny_stream() -> TaskStream:
+    gen = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(2):
+        y = torch.arange(2 * t, 2 * t + 2).repeat(30)
+        x = torch.randint(0, 256, (60, 1, 4, 4), generator=gen, dtype=torch.uint8)
+        x[:, 0, 0, 0] = (y * 60).to(torch.uint8)  # a class-dependent pixel: learnable
+        tasks.append(Task(t, [2 * t, 2 * t + 1], x, y, x, y))
+    return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
+
+
+def make_er(head="linear", **switches):
+    torch.manual_seed(0)
+    stream = tiny_stream()
+    model = MLP((1, 4, 4), 4, hidden=[8, 8], head=head)
+    method = ER(model=model, optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+                memory=Reservoir(20), preprocess=Preprocess((0.5,), (0.3,), "cpu"),
+                class_mask=stream.class_mask(), scenario="class_il", **switches)
+    return method, stream
+
+
+def train_task(method, task, steps=5):
+    method.before_task(task)
+    for s in range(steps):
+        idx = torch.arange(s * 10, s * 10 + 10)
+        method.observe(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
+    method.after_task(task)
+
+
+def test_frozen_old_rows_do_not_move_even_with_momentum():
+    method, stream = make_er(freeze_old_rows=True)
+    train_task(method, stream.tasks[0])
+    head = method.model.head
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    train_task(method, stream.tasks[1])
+    assert torch.equal(head.weight[:2], w[:2]) and torch.equal(head.bias[:2], b[:2])
+    assert not torch.equal(head.weight[2:], w[2:])
+    # without the switch the same steps move the old rows
+    plain, _ = make_er()
+    train_task(plain, stream.tasks[0])
+    w0 = plain.model.head.weight.detach().clone()
+    train_task(plain, stream.tasks[1])
+    assert not torch.equal(plain.model.head.weight[:2], w0[:2])
+
+
+def test_class_mean_init_sets_new_rows_from_centred_features():
+    method, stream = make_er(head_init="class_mean")
+    train_task(method, stream.tasks[0])
+    head, task = method.model.head, stream.tasks[1]
+    old_norm = head.weight[:2].detach().norm(dim=1).mean()
+    old_bias = head.bias[:2].mean()
+    method.before_task(task)
+    with torch.no_grad():
+        feats = method.model.features(method.preprocess(task.train_x))
+    for c in (2, 3):
+        direction = feats[task.train_y == c].mean(0) - feats.mean(0)
+        assert torch.allclose(head.weight[c].detach(), old_norm * F.normalize(direction, dim=0),
+                              atol=1e-6)
+        assert head.bias[c].item() == pytest.approx(old_bias.item())
+
+
+def test_dynamic_soft_targets_mix_one_hot_and_own_prediction():
+    method, stream = make_er(soft_targets="dynamic", soft_weight=0.25)
+    method.before_task(stream.tasks[0])  # seen classes: 0, 1
+    logits = torch.tensor([[2.0, 0.5, 3.0, -1.0]], requires_grad=True)
+    own = F.softmax(torch.tensor([2.0, 0.5]), 0)
+    target = torch.cat([0.75 * torch.tensor([0.0, 1.0]) + 0.25 * own, torch.zeros(2)])
+    expected = -(target * F.log_softmax(logits.detach(), 1)).sum()
+    loss = method.cross_entropy(logits, torch.tensor([1]), torch.tensor([0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_lora_trains_base_first_then_a_merged_low_rank_update():
+    method, stream = make_er(lora={"rank": 2})
+    layers = [m for m in method.model.modules() if isinstance(m, LoRALinear)]
+    assert len(layers) == 2  # both hidden layers, not the head
+    first = layers[0].base.weight.detach().clone()
+    train_task(method, stream.tasks[0])
+    assert not torch.equal(layers[0].base.weight, first)  # task 0 trains the base itself
+    assert not layers[0].base.weight.requires_grad
+    frozen = layers[0].base.weight.detach().clone()
+    method.before_task(stream.tasks[1])
+    for s in range(5):
+        idx = torch.arange(s * 10, s * 10 + 10)
+        method.observe(stream.tasks[1].train_x[idx], stream.tasks[1].train_y[idx],
+                       torch.ones(10, dtype=torch.long))
+    assert torch.equal(layers[0].base.weight, frozen)  # only the update trained
+    x = method.preprocess(stream.tasks[1].test_x)
+    with torch.no_grad():
+        before = method.model(x)
+        method.after_task(stream.tasks[1])  # merge
+        assert torch.allclose(method.model(x), before, atol=1e-5)
+    assert torch.count_nonzero(layers[0].up.weight) == 0
+
+
+def test_nmc_predicts_the_nearest_class_mean():
+    method, stream = make_er(head="nmc")
+    train_task(method, stream.tasks[0])
+    train_task(method, stream.tasks[1], steps=2)
+    x = method.preprocess(stream.tasks[0].test_x[:7])
+    bank_x = torch.cat([method._bank[0], method.memory.x[: len(method.memory)]])
+    bank_y = torch.cat([method._bank[1], method.memory.y[: len(method.memory)]])
+    with torch.no_grad():
+        logits = method.predict(x)
+        f = F.normalize(method.model.features(x), dim=1)
+        b = F.normalize(method.model.features(method.preprocess(bank_x)), dim=1)
+    for c in range(4):
+        mean = F.normalize(b[bank_y == c].mean(0), dim=0)
+        assert torch.allclose(logits[:, c], f @ mean, atol=1e-5)
+
+
+def test_bad_switch_values_are_named():
+    with pytest.raises(ValueError, match="method.head_init='zeros'"):
+        make_er(head_init="zeros")
+    with pytest.raises(ValueError, match="model.head='knn'"):
+        make_er(head="knn")
+
+
+def test_nmc_head_narrows_the_gap_of_er(run_job):
+    er, _ = run_job("method=er", "eval.every=5", "eval.plot=false")
+    nmc, _ = run_job("method=er", "model.head=nmc", "eval.every=5", "eval.plot=false")
+    assert nmc["min_acc_class_il"] > er["min_acc_class_il"] + 0.1
+    assert nmc["gap_depth_class_il"] < er["gap_depth_class_il"]
+    assert nmc["acc_class_il"] > er["acc_class_il"] - 0.02
+    assert nmc["train_flops"] == er["train_flops"]  # the same training; only prediction differs
