@@ -21,7 +21,7 @@ import cl_bench
 from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.loggers.console import ConsoleLogger
-from cl_bench.loggers.csv_logger import CSVLogger
+from cl_bench.loggers.csv_logger import COMPONENT_COLUMNS, CSVLogger
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
 
@@ -171,6 +171,8 @@ class Run:
             cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
             preprocess=preprocess, class_mask=class_mask, scenario=scenario,
         )
+        if hasattr(method, "bind_run"):  # methods with extra networks or output files
+            method.bind_run(counter=counter, run_dir=self.run_dir)
         evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
                               probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
                               seed=cfg.seed)
@@ -234,6 +236,7 @@ class Run:
             eval_flops=counter.eval_flops,
             memory_bytes=memory.nbytes,
             steps=step,
+            **component_flops(counter),
         )
         self.summary["wall_seconds"] = time.perf_counter() - t_start
         self.console.report(matrices, self.summary, self.run_dir)
@@ -244,7 +247,12 @@ class Run:
         self._log("log_train_rows", [{
             "step": step, "train_task": task_id, "loss": loss,
             "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
+            **component_flops(counter),
         }])
+
+
+def component_flops(counter) -> dict:
+    return {col: counter.components.get(col.removeprefix("flops_"), 0) for col in COMPONENT_COLUMNS}
 
 
 def _sweep_group(run_dir: Path) -> str | None:
