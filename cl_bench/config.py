@@ -60,6 +60,21 @@ class PermutedBenchmarkConf:
 
 
 @dataclass
+class FeatureBenchmarkConf(SplitBenchmarkConf):
+    """A split benchmark on cached conv5 features (data/features.py)."""
+    _target_: str = "cl_bench.data.features.feature_stream"
+    weights: str = MISSING
+
+
+@dataclass
+class Conv5FrozenConf:
+    _target_: str = "cl_bench.models.conv5.Conv5Frozen"
+    name: str = "conv5_frozen"
+    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    weights: str | None = None
+
+
+@dataclass
 class MLPConf:
     _target_: str = "cl_bench.models.mlp.MLP"
     name: str = "mlp"
@@ -191,9 +206,10 @@ class ClbenchConf:
 
 SCHEMAS = {
     None: {"schema": ClbenchConf},
-    "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf},
+    "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf,
+                  "schema_features": FeatureBenchmarkConf},
     "model": {"schema_mlp": MLPConf, "schema_resnet18_reduced": ReducedResNetConf,
-              "schema_resnet18": ResNetConf},
+              "schema_resnet18": ResNetConf, "schema_conv5_frozen": Conv5FrozenConf},
     "method": {"schema_method": MethodConf, "schema_replay": ReplayMethodConf,
                "schema_latent_replay": LatentReplayConf,
                "schema_internal_replay": InternalReplayConf, "schema_plr": PLRConf},

@@ -4,6 +4,8 @@ h_1 .. h_L whose inputs a_0 .. a_{L-1} can be read and into which a batch can be
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ class LevelView:
         self.model = model
         self.extractor = nn.Sequential(*children[:first])
         bounds = [*linear, len(children)]
-        self.blocks = [nn.Sequential(*children[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.blocks = [nn.Sequential(*children[a:b]) for a, b in pairwise(bounds)]
         self.layers = [*(b[0] for b in self.blocks), model.head]  # h_1 .. h_L
         self.dims = [layer.in_features for layer in self.layers]  # widths of a_0 .. a_{L-1}
 
