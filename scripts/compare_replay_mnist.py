@@ -31,11 +31,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--out", type=Path, default=Path("outputs/compare_replay_mnist"))
     args = ap.parse_args()
-    results: dict[str, list[dict]] = {m: [] for m in METHODS}
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:
-        for name, overrides in METHODS.items():
+        for name in args.methods:
+            overrides = METHODS[name]
             with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
                 cfg = compose("config", overrides=[
                     "benchmark=split_mnist", "optimizer=adam", "budget.epochs=null",
@@ -45,7 +47,9 @@ def main() -> None:
             results[name].append({"acc": s["acc_class_il"], "replay": s["flops_replay"],
                                   "train": s["train_flops"], "seconds": s["train_seconds"]})
             print(name, seed, json.dumps(results[name][-1]), flush=True)
-    gr = results["generative_replay"]
+    gr = results.get("generative_replay")
+    if not gr:
+        return
     gr_acc = statistics.mean(r["acc"] for r in gr)
     gr_replay = statistics.mean(r["replay"] for r in gr)
     print(f"\n{'method':24s} {'acc % (mean +/- std)':>22s} {'replay FLOPs':>13s} {'x GR':>6s}")
