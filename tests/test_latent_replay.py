@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from cl_bench.budget.flops import FlopCounter
-from cl_bench.methods.latent_replay import chunk_sizes, classify_chunks, distill
+from cl_bench.methods.latent_replay import (
+    chunk_sizes,
+    classify_chunks,
+    distill,
+    temporal_level,
+)
 from cl_bench.methods.plr import plr_frequencies
 from cl_bench.models.cvae import LevelVAE
 from cl_bench.models.levels import LevelView
@@ -62,6 +67,15 @@ def test_frequency_rules_and_partition():
         plr_frequencies("explicit", params, [0.5, 0.5])
     with pytest.raises(ValueError, match="method.rule"):
         plr_frequencies("bottom_heavy", params)
+
+
+def test_temporal_partition_replays_level_k_on_f_k_of_the_steps():
+    f = [0.1, 0.3, 0.6]
+    credits = torch.zeros(3, dtype=torch.float64)
+    levels = [temporal_level(credits, f) for _ in range(1000)]
+    assert [levels.count(k) for k in range(3)] == [100, 300, 600]
+    # layer h_2 (needs level < 2) gets replay on F_2 = 0.4 of every 10 consecutive steps
+    assert all(sum(k < 2 for k in levels[i:i + 10]) == 4 for i in range(0, 1000, 10))
 
 
 def test_levels_and_injection_agree_with_the_model():

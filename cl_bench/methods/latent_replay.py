@@ -30,6 +30,16 @@ def chunk_sizes(f: list[float], n: int) -> list[int]:
     return sizes
 
 
+def temporal_level(credits: torch.Tensor, f: list[float]) -> int:
+    """The level that replays the whole batch this step under `partition=temporal`: each
+    step adds f_k to level k's credit and spends 1 of the largest, so level k is chosen
+    on a fraction f_k of the steps (deterministically, evenly spread)."""
+    credits += torch.tensor(f, dtype=credits.dtype)
+    k = int(credits.argmax())
+    credits[k] -= 1
+    return k
+
+
 def classify_chunks(view: LevelView, chunks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     """Logits of replay chunks, chunk (k, a_k) entering the classifier at level k."""
     return torch.cat([view.forward_from(a, k) for k, a in chunks])
@@ -118,10 +128,8 @@ class LatentReplay(Method):
 
     def replay_loss(self) -> torch.Tensor:
         n = self.replay_batch_size
-        if self.partition == "temporal":  # the whole batch at one level, F_l of the steps
-            self.credits += torch.tensor(self.frequencies, dtype=torch.float64)
-            k = int(self.credits.argmax())
-            self.credits[k] -= 1
+        if self.partition == "temporal":
+            k = temporal_level(self.credits, self.frequencies)
             sizes = [n if i == k else 0 for i in range(len(self.frequencies))]
         else:
             sizes = chunk_sizes(self.frequencies, n)
