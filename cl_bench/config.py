@@ -71,6 +71,21 @@ class RotatedBenchmarkConf:
 
 
 @dataclass
+class FeatureBenchmarkConf(SplitBenchmarkConf):
+    """A split benchmark on cached conv5 features (data/features.py)."""
+    _target_: str = "cl_bench.data.features.feature_stream"
+    weights: str = MISSING
+
+
+@dataclass
+class Conv5FrozenConf:
+    _target_: str = "cl_bench.models.conv5.Conv5Frozen"
+    name: str = "conv5_frozen"
+    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    weights: str | None = None
+
+
+@dataclass
 class MLPConf:
     _target_: str = "cl_bench.models.mlp.MLP"
     name: str = "mlp"
@@ -112,6 +127,34 @@ class MethodConf:
 @dataclass
 class ReplayMethodConf(MethodConf):
     replay_batch_size: int = 10
+
+
+@dataclass
+class LatentReplayConf(MethodConf):
+    """generative_replay / internal_replay / plr (methods/latent_replay.py)."""
+    replay_batch_size: int = 128
+    z_dim: int = 100
+    generator_lr: float = 0.001
+    per_class_prior: bool = True
+    gate_prop: float = 0.0
+    distill: bool = True
+    temperature: float = 2.0
+    decode_to_level: bool = True
+    targets: str = "from_injected_level"  # from_a0 | from_injected_level
+    partition: str = "batch_split"  # batch_split | temporal
+    save_samples: bool = True
+    seed: int = 0
+
+
+@dataclass
+class InternalReplayConf(LatentReplayConf):
+    replay_level: int = 0
+
+
+@dataclass
+class PLRConf(LatentReplayConf):
+    rule: str = "cumulative_weights"  # uniform | cumulative_weights | total_weights | explicit
+    frequencies: list[float] | None = None  # for rule=explicit: f_0 .. f_{L-1}
 
 
 @dataclass
@@ -191,10 +234,12 @@ class ClbenchConf:
 SCHEMAS = {
     None: {"schema": ClbenchConf},
     "benchmark": {"schema_split": SplitBenchmarkConf, "schema_permuted": PermutedBenchmarkConf,
-                  "schema_rotated": RotatedBenchmarkConf},
+                  "schema_rotated": RotatedBenchmarkConf, "schema_features": FeatureBenchmarkConf},
     "model": {"schema_mlp": MLPConf, "schema_resnet18_reduced": ReducedResNetConf,
-              "schema_resnet18": ResNetConf},
-    "method": {"schema_method": MethodConf, "schema_replay": ReplayMethodConf},
+              "schema_resnet18": ResNetConf, "schema_conv5_frozen": Conv5FrozenConf},
+    "method": {"schema_method": MethodConf, "schema_replay": ReplayMethodConf,
+               "schema_latent_replay": LatentReplayConf,
+               "schema_internal_replay": InternalReplayConf, "schema_plr": PLRConf},
     "memory": {"schema_memory": MemoryConf},
     "optimizer": {"schema_sgd": SGDConf, "schema_adam": AdamConf},
     "budget": {"schema_budget": BudgetConf},

@@ -22,7 +22,7 @@ from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
 from cl_bench.loggers.console import ConsoleLogger
-from cl_bench.loggers.csv_logger import CSVLogger
+from cl_bench.loggers.csv_logger import COMPONENT_COLUMNS, CSVLogger
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
@@ -161,6 +161,8 @@ class Run:
         )
         counter.detach()
         counter.attach(model)  # again: a method may have added layers (LoRA)
+        if hasattr(method, "bind_run"):  # methods with extra networks or output files
+            method.bind_run(counter=counter, run_dir=self.run_dir)
         evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
                               probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
                               seed=cfg.seed)
@@ -255,6 +257,7 @@ class Run:
             steps=step,
             train_seconds=self.train_seconds,
             eval_seconds=self.eval_seconds,
+            **component_flops(counter),
         )
         self.summary.update(memory.stats())
         self.console.report(matrices, self.summary, self.run_dir)
@@ -265,7 +268,12 @@ class Run:
         self._log("log_train_rows", [{
             "step": step, "train_task": task_id, "loss": loss,
             "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
+            **component_flops(counter),
         }])
+
+
+def component_flops(counter) -> dict:
+    return {col: counter.components.get(col.removeprefix("flops_"), 0) for col in COMPONENT_COLUMNS}
 
 
 def _sweep_group() -> str | None:

@@ -36,6 +36,8 @@ class FlopCounter:
         self.phase = "train"
         self.enabled = True
         self._handles: list = []
+        self.components: dict[str, int] = {}  # train FLOPs by the component they ran under
+        self._component: str | None = None
 
     def attach(self, model: nn.Module) -> FlopCounter:
         for module in model.modules():
@@ -56,6 +58,15 @@ class FlopCounter:
         finally:
             self.phase = previous
 
+    @contextmanager
+    def component(self, name: str):
+        """Training FLOPs counted inside also add to `components[name]` (nesting: innermost)."""
+        previous, self._component = self._component, name
+        try:
+            yield
+        finally:
+            self._component = previous
+
     def _hook(self, module, inputs, out):
         if not self.enabled:
             return
@@ -65,5 +76,7 @@ class FlopCounter:
             flops += flops * (module.weight.requires_grad + x.requires_grad)
         if self.phase == "train":
             self.train_flops += flops
+            if self._component is not None:
+                self.components[self._component] = self.components.get(self._component, 0) + flops
         else:
             self.eval_flops += flops

@@ -14,6 +14,10 @@ ACC_COLUMNS = ["train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_
 CURVE_COLUMNS = ["step", "train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_il",
                  "acc_domain_il"]
 TRAIN_COLUMNS = ["step", "train_task", "loss", "flops_cumulative", "seconds"]
+# cumulative training FLOPs by component (budget/flops.py `FlopCounter.component`);
+# 0 for a method that tags none of its passes
+COMPONENT_COLUMNS = ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]
+TRAIN_COLUMNS += COMPONENT_COLUMNS
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -1,0 +1,87 @@
+"""The frozen 5-layer conv extractor of the internal-replay protocol (van de Ven et al.,
+2020; Pawlak et al., 2022) with trainable fully connected layers on top."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+CHANNELS = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2)]
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def conv5_extractor() -> nn.Sequential:
+    """conv1..conv5 (3x3, no bias) -> BN -> ReLU; 3x32x32 -> 256x2x2 -> 1024 features."""
+    layers: list[nn.Module] = []
+    for cin, cout, stride in CHANNELS:
+        layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def load_conv5(extractor: nn.Sequential, path: str | Path) -> str:
+    """Loads the `conv{i}.*` arrays of a conv5 `.npz` (see the pretrain script); returns
+    the first 12 hex digits of the file's sha256."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights={path} does not exist; pretrain one with "
+                                "scripts/pretrain_extractor.py")
+    arrays = np.load(path)
+    for i in range(5):
+        conv, bn = extractor[3 * i], extractor[3 * i + 1]
+        p = f"conv{i + 1}."
+        conv.weight.data.copy_(torch.from_numpy(arrays[p + "weight"]))
+        bn.weight.data.copy_(torch.from_numpy(arrays[p + "bn_weight"]))
+        bn.bias.data.copy_(torch.from_numpy(arrays[p + "bn_bias"]))
+        bn.running_mean.copy_(torch.from_numpy(arrays[p + "bn_running_mean"]))
+        bn.running_var.copy_(torch.from_numpy(arrays[p + "bn_running_var"]))
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def save_conv5(extractor: nn.Sequential, head: nn.Linear, path: str | Path) -> None:
+    arrays = {}
+    for i in range(5):
+        conv, bn = extractor[3 * i], extractor[3 * i + 1]
+        p = f"conv{i + 1}."
+        arrays.update({p + "weight": conv.weight, p + "bn_weight": bn.weight,
+                       p + "bn_bias": bn.bias, p + "bn_running_mean": bn.running_mean,
+                       p + "bn_running_var": bn.running_var})
+    arrays.update({"head.weight": head.weight, "head.bias": head.bias})
+    np.savez(path, **{k: v.detach().cpu().float().numpy() for k, v in arrays.items()})
+
+
+class Conv5Frozen(nn.Module):
+    """Frozen conv5 extractor (weights from `weights`, kept in eval mode) -> trainable
+    [Linear -> ReLU] x len(hidden) -> Linear head: BI-R's 1024-2000-2000-100 classifier."""
+
+    def __init__(self, input_shape, n_classes: int, hidden=(2000, 2000),
+                 weights: str | None = None, **_):
+        super().__init__()
+        if tuple(input_shape) != (3, 32, 32):
+            raise ValueError(f"model=conv5_frozen needs 3x32x32 inputs, got {tuple(input_shape)}")
+        extractor = conv5_extractor()
+        if weights is None:
+            raise ValueError("model=conv5_frozen needs model.weights=PATH (a conv5 .npz, "
+                             "see scripts/pretrain_extractor.py)")
+        load_conv5(extractor, weights)
+        extractor.requires_grad_(False)
+        layers: list[nn.Module] = [extractor]
+        width = 1024
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.features[0].eval()  # frozen BN statistics
+        return self
+
+    def forward(self, x):
+        return self.head(self.features(x))
