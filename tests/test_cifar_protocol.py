@@ -9,7 +9,7 @@ import torch
 from cl_bench.data.features import extract
 from cl_bench.experiment import run_experiment
 from cl_bench.models.conv5 import conv5_extractor, load_conv5
-from tests.conftest import REPO, compose_config
+from conftest import REPO, compose_config
 
 
 def _fabricate(root, name, n_classes, per_class, seed):
