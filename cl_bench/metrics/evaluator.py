@@ -16,7 +16,7 @@ class Evaluator:
     same logits give class-IL (argmax over all classes) and task-IL (argmax over the
     task's own classes); for domain-IL streams, plain argmax.
     The continual-evaluation probe is a fixed random subset of `probe_size` test samples
-    per task, kept on the device.
+    per task, kept on the device already normalised.
     """
 
     def __init__(
@@ -48,7 +48,9 @@ class Evaluator:
         for t in stream:
             idx = torch.randperm(len(t.test_y), generator=gen)[:probe_size]
             probes.append((t.test_x[idx], t.test_y[idx], torch.full_like(idx, t.id)))
-        self.probe = gather(probes)
+        x, y, t = gather(probes)
+        # probes are scored every `eval.every` steps: normalise them once, keep them as floats
+        self.probe = (preprocess(x), y, t)
         self.probe_ends = torch.cumsum(
             torch.tensor([min(probe_size, len(t.test_y)) for t in stream]), 0
         ).tolist()
@@ -61,15 +63,16 @@ class Evaluator:
         """Accuracy on the probes of the first `n_seen` tasks."""
         end = self.probe_ends[n_seen - 1]
         x, y, t = (p[:end] for p in self.probe)
-        return self._score(predict, x, y, t, n_tasks=n_seen)
+        return self._score(predict, x, y, t, n_tasks=n_seen, ready=True)
 
     @torch.inference_mode()
-    def _score(self, predict, x, y, task_ids, n_tasks) -> dict[str, torch.Tensor]:
+    def _score(self, predict, x, y, task_ids, n_tasks, ready=False) -> dict[str, torch.Tensor]:
+        """`ready`: x is already preprocessed."""
         correct = {s: torch.zeros(n_tasks, device=y.device) for s in self.scenarios}
         with self.counter.evaluating():
             for b in range(0, len(y), self.batch_size):
                 sl = slice(b, b + self.batch_size)
-                logits = predict(self.preprocess(x[sl]))
+                logits = predict(x[sl] if ready else self.preprocess(x[sl]))
                 yb, tb = y[sl], task_ids[sl]
                 for scenario in self.scenarios:
                     scored = logits
