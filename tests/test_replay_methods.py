@@ -51,7 +51,7 @@ def test_der_memory_carries_logits_with_each_sample():
     x, y, t, z = memory.sample(50, "logits")
     assert x.dtype == torch.uint8 and z.shape == (50, 3)
     assert torch.equal(z, y.float().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0]))
-    assert memory.nbytes == 20 * (4 + 8 + 8 + 4 + 3 * 4)  # x, y, task, keys, logits
+    assert memory.nbytes == 20 * (4 + 8 + 8 + 3 * 4)  # x, y, task, logits
 
 
 def test_agem_projection_removes_the_conflict():

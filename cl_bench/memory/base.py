@@ -85,8 +85,6 @@ class SelectionBuffer(Memory):
     def add(self, x, y, task_id, **extra) -> None:
         if self.size == 0:
             return
-        if self.x is None:
-            self.x = torch.empty((self.size, *x.shape[1:]), dtype=x.dtype, device=self.device)
         x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
         n = len(x)
         self.seen += n
@@ -102,16 +100,22 @@ class SelectionBuffer(Memory):
             free = torch.arange(held, self.size, device=self.device)
             slots = torch.cat([(~mask[:held]).nonzero().squeeze(1), free])
             incoming = mask[held:].nonzero().squeeze(1)
+        self.keys[slots] = keys[incoming]
+        self.write(slots, incoming, x, y, task_id, extra)
+        self.count = min(self.size, held + n)
+
+    def write(self, slots, incoming, x, y, task_id, extra: dict) -> None:
+        """Store samples `incoming` of the batch in buffer `slots`."""
+        if self.x is None:
+            self.x = torch.empty((self.size, *x.shape[1:]), dtype=x.dtype, device=self.device)
         self.x[slots] = x[incoming]
         self.y[slots] = y[incoming]
         self.task[slots] = task_id[incoming]
-        self.keys[slots] = keys[incoming]
         for name, value in extra.items():
             if name not in self.extra:
                 self.extra[name] = torch.empty((self.size, *value.shape[1:]), dtype=value.dtype,
                                                device=self.device)
             self.extra[name][slots] = value.to(self.device)[incoming]
-        self.count = min(self.size, held + n)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "count": self.count, "seen": self.seen, "x": self.x,
