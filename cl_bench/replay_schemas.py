@@ -41,6 +41,7 @@ class CarouselConf(MemoryConf):
     storage_size: int = 5000  # samples in the store on disk
     swap_ratio: float = 0.5  # share of each replayed batch swapped with stored samples
     swap_every: int = 16  # samplings between batched hand-overs of writes and swaps to the mover
+    swap_policy: str = "random"  # random | loss_aware (swap out the lowest-loss samples)
 
 
 SCHEMAS = {

@@ -74,3 +74,27 @@ def test_interrupting_the_mover_mid_swap_loses_and_duplicates_nothing(tmp_path):
     assert memory.swaps == 0
     assert torch.equal(memory.em.x, held[0]) and torch.equal(memory.em.y, held[1])
     _check_consistent(memory, 300)
+
+
+def test_loss_aware_policy_swaps_out_the_lowest_loss_samples(tmp_path):
+    memory = Carousel(size=20, storage_size=100, swap_ratio=0.5, swap_policy="loss_aware",
+                      run_dir=tmp_path, seed=0)
+    try:
+        assert memory.wants_losses
+        _stream(memory, n=60)
+        memory.sample(10)
+        memory._last_idx = torch.arange(12)  # as if slots 0..11 were just replayed
+        memory.observe_losses(torch.arange(12, 0, -1).float())  # slot s: loss 12 - s
+        chosen = memory.slots_to_swap(torch.arange(5))  # five slots to swap out
+        assert sorted(chosen.tolist()) == [7, 8, 9, 10, 11]  # the five lowest losses
+        # slots 12..19 were not replayed since they came in: infinite loss, kept
+        assert torch.isinf(memory.slot_loss[12:]).all()
+    finally:
+        memory.close()
+
+
+def test_unknown_swap_policy_names_the_key(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="memory.swap_policy"):
+        Carousel(size=4, storage_size=8, swap_policy="lru", run_dir=tmp_path)

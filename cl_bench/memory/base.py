@@ -28,6 +28,11 @@ class Memory:
     def nbytes(self) -> int:
         return 0
 
+    wants_losses = False  # True: the replay method reports per-sample losses (observe_losses)
+
+    def observe_losses(self, losses: torch.Tensor) -> None:
+        """Per-sample training losses of the batch the last `sample` returned."""
+
     def stats(self) -> dict:
         """Extra numbers for the run summary (called once, when training ends)."""
         return {}

@@ -14,6 +14,7 @@ import torch
 from cl_bench.memory.base import Memory
 from cl_bench.memory.reservoir import Reservoir
 
+SWAP_POLICIES = ("random", "loss_aware")
 _NP = {torch.uint8: np.uint8, torch.int64: np.int64, torch.float32: np.float32}
 
 
@@ -25,15 +26,23 @@ class Carousel(Memory):
     under `<run_dir>/carousel/`). Every offered sample is written to the store; after each
     `sample`, a share `swap_ratio` of the replayed slots are swapped (requested in batches
     every `swap_every` samplings) for random stored samples
-    of the same class that are not in the working buffer. A background thread does all disk
+    of the same class that are not in the working buffer. `swap_policy=loss_aware` swaps
+    out, instead, as many working-buffer samples with the lowest training loss seen when
+    they were last replayed (the best learned ones; samples not replayed since they came
+    in are kept). A background thread does all disk
     reads and writes; finished swaps are applied at the next `sample`, so training never
     waits on disk. A swap is applied whole or not at all: interrupting the thread loses or
     duplicates nothing."""
 
     def __init__(self, size: int = 200, storage_size: int = 5000, swap_ratio: float = 0.5,
-                 swap_every: int = 16, run_dir: str | None = None, device="cpu", seed: int = 0,
-                 **kw):
+                 swap_every: int = 16, swap_policy: str = "random", run_dir: str | None = None,
+                 device="cpu", seed: int = 0, **kw):
         super().__init__(size, device, seed, **kw)
+        if swap_policy not in SWAP_POLICIES:
+            raise ValueError(f"memory.swap_policy={swap_policy!r}: choose one of {SWAP_POLICIES}")
+        self.wants_losses = swap_policy == "loss_aware"
+        self.slot_loss = torch.full((size,), math.inf, device=self.device)
+        self._last_idx: torch.Tensor | None = None
         if run_dir is None:
             raise ValueError("memory=carousel stores samples under the run directory; "
                              "pass run_dir (the runner does)")
@@ -77,13 +86,24 @@ class Carousel(Memory):
         em = self.em
         idx = torch.randint(0, em.count, (n,), generator=self.generator, device=self.device)
         out = (em.x[idx], em.y[idx], em.task[idx], *(em.extra[k][idx] for k in extra))
+        self._last_idx = idx
         self._swap_slots.append(idx[: math.ceil(self.swap_ratio * n)])
         self._samplings += 1
         if self._samplings % self.swap_every == 0:
             self._send_writes()  # before the reads, so the mover reads what is written
-            self._request_swaps(torch.cat(self._swap_slots).unique())
+            self._request_swaps(self.slots_to_swap(torch.cat(self._swap_slots).unique()))
             self._swap_slots = []
         return out
+
+    def observe_losses(self, losses: torch.Tensor) -> None:
+        self.slot_loss[self._last_idx] = losses.float()
+
+    def slots_to_swap(self, replayed: torch.Tensor) -> torch.Tensor:
+        """Working-buffer slots to swap out: the replayed ones (random policy), or as many
+        with the lowest recorded loss (loss-aware)."""
+        if not self.wants_losses:
+            return replayed
+        return self.slot_loss[: self.em.count].topk(len(replayed), largest=False).indices
 
     def _send_writes(self) -> None:
         if self._writes:
@@ -128,6 +148,7 @@ class Carousel(Memory):
                 if k != "src":
                     v[slots] = torch.as_tensor(data[k]).to(self.device)[fresh]
             em.extra["src"][slots] = torch.where(still_stored, pos, -1)
+            self.slot_loss[slots] = math.inf  # not replayed yet: kept until it has been
             self.swaps += len(slots)
             self.swap_seconds += time.perf_counter() - t0
 
