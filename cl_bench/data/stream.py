@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-SCENARIOS = ("class_il", "task_il", "domain_il")
-
 
 @dataclass
 class Task:

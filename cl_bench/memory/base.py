@@ -83,10 +83,6 @@ class SelectionBuffer(Memory):
         """Keys of `n` newly offered samples (called after `seen` counts them)."""
         return torch.rand(n, generator=self.generator, device=self.device)
 
-    def may_enter(self, keys: torch.Tensor, labels: torch.Tensor) -> bool:
-        """Cheap pre-check on a full buffer: False when `keep` would reject every newcomer."""
-        return True
-
     def add(self, x, y, task_id, **extra) -> None:
         if self.size == 0:
             return
@@ -95,8 +91,6 @@ class SelectionBuffer(Memory):
         self.seen += n
         keys = self.new_keys(n)
         held = self.count
-        if held == self.size and not self.may_enter(keys, y):
-            return
         if held + n <= self.size:
             slots = torch.arange(held, held + n, device=self.device)
             incoming = torch.arange(n, device=self.device)
