@@ -116,7 +116,7 @@ class Run:
 
     def execute(self) -> dict:
         start = time.perf_counter()
-        self.train_seconds = self.eval_seconds = 0.0
+        self.train_seconds = self.eval_seconds = self.test_seconds = 0.0
         try:
             self._train()
             self.summary["status"] = "completed"
@@ -133,6 +133,7 @@ class Run:
                 wall_seconds=time.perf_counter() - start,
                 train_seconds=self.train_seconds,
                 eval_seconds=self.eval_seconds,
+                test_seconds=self.test_seconds,
                 eval_overhead=(self.eval_seconds / self.train_seconds
                                if self.train_seconds else None),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -165,17 +166,21 @@ class Run:
             method.bind_run(counter=counter, run_dir=self.run_dir)
         evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
                               probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
-                              seed=cfg.seed)
+                              seed=cfg.seed, precision=cfg.eval.precision)
         self.summary["device"] = str(device)
         batch_gen = torch.Generator().manual_seed(cfg.seed)
         every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
 
-        def evaluate(score):
+        def evaluate(score, continual=False):
+            """Time goes to `eval_seconds` (continual probes) or `test_seconds` (test sets)."""
             t0 = time.perf_counter()
             model.eval()
             result = {s: acc.tolist() for s, acc in score(method.predict).items()}
             model.train()
-            self.eval_seconds += time.perf_counter() - t0
+            if continual:
+                self.eval_seconds += time.perf_counter() - t0
+            else:
+                self.test_seconds += time.perf_counter() - t0
             return result
 
         def acc_rows(result, step_fields):
@@ -192,11 +197,13 @@ class Run:
             ckpt = self.checkpoint
             method.load_state_dict(ckpt["method"])
             counter.train_flops, counter.eval_flops = ckpt["train_flops"], ckpt["eval_flops"]
+            counter.components.update(ckpt.get("flop_components", {}))
             batch_gen.set_state(ckpt["batch_rng"])
             set_rng_state(ckpt["rng"])
             step, rows, random_init = ckpt["step"], ckpt["rows"], ckpt["random_init"]
             curves = ckpt["curves"]
             self.train_seconds, self.eval_seconds = ckpt["train_seconds"], ckpt["eval_seconds"]
+            self.test_seconds = ckpt.get("test_seconds", 0.0)
             first_task = ckpt["task"] + 1
             self.summary["resumed_after_task"] = ckpt["task"]
             for task in stream.tasks[:first_task]:
@@ -221,7 +228,7 @@ class Run:
                     self._flush_train(step, task.id, loss_sum, loss_n, counter, t_start)
                     loss_sum, loss_n = torch.zeros((), device=device), 0
                 if every and step % every == 0:
-                    curve = evaluate(lambda p, n=task.id + 1: evaluator.probes(p, n))
+                    curve = evaluate(lambda p, n=task.id + 1: evaluator.probes(p, n), True)
                     curves += acc_rows(curve, {"step": step, "train_task": task.id})
                     self._log("log_curve_rows", curves[-len(curve[scenario]):])
             if loss_n:
@@ -237,9 +244,10 @@ class Run:
                 "task": task.id, "method": method.state_dict(), "step": step, "rows": rows,
                 "curves": curves,
                 "random_init": random_init, "train_flops": counter.train_flops,
-                "eval_flops": counter.eval_flops, "batch_rng": batch_gen.get_state(),
+                "eval_flops": counter.eval_flops, "flop_components": dict(counter.components),
+                "batch_rng": batch_gen.get_state(),
                 "rng": rng_state(), "train_seconds": self.train_seconds,
-                "eval_seconds": self.eval_seconds,
+                "eval_seconds": self.eval_seconds, "test_seconds": self.test_seconds,
             })
         matrices = {s: np.array(r) for s, r in rows.items()}
         for s, a in matrices.items():
@@ -257,6 +265,7 @@ class Run:
             steps=step,
             train_seconds=self.train_seconds,
             eval_seconds=self.eval_seconds,
+            test_seconds=self.test_seconds,
             **component_flops(counter),
         )
         self.summary.update(memory.stats())

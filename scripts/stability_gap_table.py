@@ -1,26 +1,29 @@
 """Stability-gap remedies on split MNIST (class-IL, ER, evaluation after every iteration):
 min-ACC, gap depth, WC-ACC and final ACC per configuration, mean +/- std over seeds.
 
-    CLBENCH_DATA=../shared/data python scripts/stability_gap_table.py --seeds 0 1 2
+    CLBENCH_DATA=../shared/data python scripts/stability_gap_table.py --seeds 0 1 2 --jobs 12
+
+Default protocol: one epoch per task, batch 10 + 10 replayed, 500-sample reservoir, SGD,
+`--probe-size` test samples per task evaluated after every iteration. Per-run numbers are
+written to `--out`/results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-
-from cl_bench.cli import CONF_DIR
-from cl_bench.experiment import run_experiment
+from _pool import run_all
 
 CONFIGS = {
     "er": ["method=er"],
-    "sgm": ["method=sgm"],
-    "er + class-mean init + frozen old rows": [
-        "method=er", "method.head_init=class_mean", "method.freeze_old_rows=true"],
+    "sgm (all four switches, LoRA r=8)": ["method=sgm"],
+    "sgm without LoRA (class-mean init + frozen old rows + soft targets)": [
+        "method=sgm", "method.lora.rank=0"],
+    "er + LoRA r=8 alone": ["method=er", "method.lora.rank=8"],
     "er, model.head=nmc": ["method=er", "model.head=nmc"],
 }
 METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_class_il"]
@@ -29,26 +32,31 @@ METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_cla
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--iters", type=int, default=300, help="iterations per task (batch 10)")
-    ap.add_argument("--probe-size", type=int, default=100)
+    ap.add_argument("--iters", type=int, default=None, help="per task; default: 1 epoch")
+    ap.add_argument("--probe-size", type=int, default=1000)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    common = ["benchmark=split_mnist", f"budget.iters={args.iters}", "budget.epochs=null",
-              "eval.every=1", f"eval.probe_size={args.probe_size}", "eval.plot=false",
-              "logger.console=false"]
-    out = Path(tempfile.mkdtemp(prefix="stability_table_"))
+    budget = [f"budget.iters={args.iters}", "budget.epochs=null"] if args.iters else []
+    common = ["benchmark=split_mnist", *budget, "eval.every=1",
+              f"eval.probe_size={args.probe_size}", "eval.plot=false", "logger.console=false"]
+    out = args.out or Path(tempfile.mkdtemp(prefix="stability_table_"))
+    runs = [(name, seed) for name in args.configs for seed in args.seeds]
+    specs = [([*common, *CONFIGS[name], f"seed={seed}"],
+              out / f"config{list(CONFIGS).index(name)}_seed{seed}") for name, seed in runs]
+    summaries = run_all(specs, args.jobs)
+    results: dict[str, list[dict]] = {name: [] for name in args.configs}
+    for (name, seed), s in zip(runs, summaries, strict=True):
+        results[name].append({"seed": seed, **{m: 100 * s[m] for m in METRICS},
+                              "eval_overhead": s["eval_overhead"]})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"| configuration | {' | '.join(METRICS)} |\n|---|{'---|' * len(METRICS)}")
-    for name in args.configs:
-        overrides = CONFIGS[name]
-        values = {m: [] for m in METRICS}
-        for seed in args.seeds:
-            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                cfg = compose("config", overrides=[*common, *overrides, f"seed={seed}"])
-            summary = run_experiment(cfg, out / f"{name.replace(' ', '_')}_{seed}")
-            for m in METRICS:
-                values[m].append(100 * summary[m])
-        cells = [f"{np.mean(v):.1f} +/- {np.std(v):.1f}" for v in values.values()]
-        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+    for name, rows in results.items():
+        cells = [f"{np.mean([r[m] for r in rows]):.1f} ± {np.std([r[m] for r in rows]):.1f}"
+                 for m in METRICS]
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

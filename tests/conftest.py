@@ -6,6 +6,7 @@ import itertools
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -47,3 +48,31 @@ def run_job(tmp_path):
         return run_experiment(cfg, run_dir), run_dir
 
     return _run
+
+
+def interrupt_and_resume(tmp_path, monkeypatch, method_cls, overrides, stop_at: int):
+    """Runs `overrides` once through, and once stopped (KeyboardInterrupt) at the
+    `stop_at`-th `method_cls.observe` call and resumed from its last checkpoint; asserts
+    both give the same accuracy matrix and returns (resumed summary, reference summary)."""
+    from cl_bench.experiment import Run
+
+    cfg = compose_config([f"data.root={data_root()}", "logger.console=false",
+                          "deterministic=true", *overrides])
+    ref = Run(cfg, tmp_path / "ref").execute()
+    observe, calls = method_cls.observe, []
+
+    def interrupting(self, *args):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return observe(self, *args)
+
+    monkeypatch.setattr(method_cls, "observe", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        Run(cfg, tmp_path / "run").execute()
+    monkeypatch.setattr(method_cls, "observe", observe)
+    summary = Run(cfg, tmp_path / "run", resume=True).execute()
+    assert summary["resumed_after_task"] >= 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "acc_matrix.csv"),
+                                  pd.read_csv(tmp_path / "ref" / "acc_matrix.csv"))
+    return summary, ref

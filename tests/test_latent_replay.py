@@ -13,6 +13,7 @@ from cl_bench.methods.plr import plr_frequencies
 from cl_bench.models.cvae import LevelVAE
 from cl_bench.models.levels import LevelView
 from cl_bench.models.mlp import MLP
+from conftest import interrupt_and_resume
 
 
 def _replay_cost_ratio(input_shape, hidden, n_classes, rule, n=2**22):
@@ -154,3 +155,35 @@ def test_plr_replays_cheaper_than_generative_replay_and_logs_components(run_job)
     assert plr["flops_replay"] < 0.6 * gr["flops_replay"]
     assert plr["flops_replay"] < full["flops_replay"] < gr["flops_replay"]
     assert plr["flops_teacher"] < gr["flops_teacher"]
+
+
+def test_internal_replay_above_level_0_freezes_the_layers_below(run_job, monkeypatch):
+    from cl_bench.methods.internal_replay import InternalReplay
+
+    seen = {}
+    after = InternalReplay.after_task
+
+    def spy(self, task):
+        after(self, task)
+        seen[task.id] = [p.detach().clone() for p in self.view.layers[0].parameters()]
+
+    monkeypatch.setattr(InternalReplay, "after_task", spy)
+    ir, _ = run_job("method=internal_replay", "method.replay_level=1", *TINY)
+    gr, _ = run_job("method=generative_replay", *TINY)
+    # the first hidden layer trained on task 0 only: task 1 left it exactly as it was
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))
+    # replay enters above that layer, so its replay pass costs less than input-level replay
+    assert 0 < ir["flops_replay"] < gr["flops_replay"]
+    assert ir["flops_current"] < gr["flops_current"]  # no weight gradient for the frozen layer
+
+
+@pytest.mark.parametrize("method", [["method=generative_replay"],
+                                    ["method=plr", "method.rule=uniform"]])
+def test_interrupted_generative_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                        method):
+    from cl_bench.methods.latent_replay import LatentReplay
+
+    summary, ref = interrupt_and_resume(tmp_path, monkeypatch, LatentReplay, [*method, *TINY],
+                                        stop_at=8)  # task 1's third step
+    for col in ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]:
+        assert summary[col] == ref[col], col

@@ -12,6 +12,7 @@ from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.er import ER
 from cl_bench.methods.remedies import LoRALinear
 from cl_bench.models.mlp import MLP
+from conftest import interrupt_and_resume
 
 
 def tiny_stream() -> TaskStream:
@@ -139,3 +140,12 @@ def test_nmc_head_narrows_the_gap_of_er(run_job):
     assert nmc["gap_depth_class_il"] < er["gap_depth_class_il"]
     assert nmc["acc_class_il"] > er["acc_class_il"] - 0.02
     assert nmc["train_flops"] == er["train_flops"]  # the same training; only prediction differs
+
+
+def test_interrupted_sgm_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    # LoRA is active from task 1 on and old rows freeze: both must survive the restart
+    summary, ref = interrupt_and_resume(
+        tmp_path, monkeypatch, ER, ["method=sgm", "budget.epochs=null", "budget.iters=20",
+                                    "eval.every=5", "eval.plot=false"], stop_at=45)
+    assert summary["resumed_after_task"] == 1
+    assert summary["min_acc_class_il"] == ref["min_acc_class_il"]

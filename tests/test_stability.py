@@ -88,8 +88,10 @@ def test_run_reports_stability_metrics_and_plot(run_job):
     assert summary["gap_depth_class_il"] > 0.5 > summary["gap_depth_task_il"]
     assert summary["min_acc_class_il"] < summary["min_acc_task_il"]
     assert summary["eval_every"] == 5 and summary["eval_probe_size"] == 50
+    # overhead: continual-evaluation seconds over training seconds; test-set passes apart
     assert summary["eval_overhead"] == pytest.approx(
         summary["eval_seconds"] / summary["train_seconds"])
+    assert summary["test_seconds"] > 0
     png = (run_dir / "stability_gap.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -107,3 +109,21 @@ def test_plot_overlays_runs_on_one_axes():
     assert [len(ln.get_xdata()) for ln in lines] == [9, 9]
     assert max(lines[1].get_ydata()) == pytest.approx(45.0)  # percent, halved
     plt.close(fig)
+
+
+def test_bf16_probes_change_curves_by_near_ties_only_and_never_the_test_sets(run_job):
+    common = ["method=er", "eval.every=5", "eval.probe_size=100", "eval.plot=false",
+              "deterministic=true"]
+    fp32, fp32_dir = run_job(*common)
+    bf16, bf16_dir = run_job(*common, "eval.precision=bf16")
+    pd.testing.assert_frame_equal(pd.read_csv(bf16_dir / "acc_matrix.csv"),
+                                  pd.read_csv(fp32_dir / "acc_matrix.csv"))
+    a, b = (pd.read_csv(d / "curves.csv") for d in (fp32_dir, bf16_dir))
+    assert a.step.tolist() == b.step.tolist()
+    assert (a.acc_class_il - b.acc_class_il).abs().max() <= 0.03  # 3 of 100 probes at most
+    assert abs(fp32["min_acc_class_il"] - bf16["min_acc_class_il"]) <= 0.03
+
+
+def test_bad_eval_precision_is_named(run_job):
+    with pytest.raises(ValueError, match="eval.precision='fp16'"):
+        run_job("eval.precision=fp16", "budget.epochs=null", "budget.iters=2")

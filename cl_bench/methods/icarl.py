@@ -77,7 +77,8 @@ class ICaRL(Method):
     def predict(self, x):
         if self.prototypes is None:
             return self.model(x)
-        dist = torch.cdist(F.normalize(self.model.features(x), dim=1), self.prototypes)
+        feats = F.normalize(self.model.features(x).float(), dim=1)  # float under autocast too
+        dist = torch.cdist(feats, self.prototypes)
         return (-dist).nan_to_num(nan=float("-inf"))
 
     def state_dict(self):

@@ -197,7 +197,7 @@ class LatentReplay(Method):
         state = super().state_dict()
         state.update(generator=self.generator.state_dict(),
                      gen_optimizer=self.gen_optimizer.state_dict(), task_count=self.task_count,
-                     credits=self.credits.clone(),
+                     credits=self.credits.clone(), sample_rng=self.gen.get_state(),
                      prev_model=self.prev_model.state_dict() if self.prev_model else None,
                      prev_generator=(self.prev_generator.state_dict()
                                      if self.prev_generator else None))
@@ -208,6 +208,7 @@ class LatentReplay(Method):
         self.generator.load_state_dict(state["generator"])
         self.gen_optimizer.load_state_dict(state["gen_optimizer"])
         self.task_count, self.credits = state["task_count"], state["credits"].clone()
+        self.gen.set_state(state["sample_rng"])
         if state["prev_model"] is not None:
             memo = {id(self.counter): self.counter} if self.counter else {}
             self.prev_model = copy.deepcopy(self.model, memo).eval().requires_grad_(False)

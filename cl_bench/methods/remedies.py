@@ -61,6 +61,9 @@ class LoRALinear(nn.Module):
         if self.active:
             self.base.weight += self.scale * self.up.weight @ self.down.weight
             self.reset()
+        self.freeze_base()
+
+    def freeze_base(self) -> None:
         self.active = True
         self.base.requires_grad_(False)
 
@@ -120,14 +123,14 @@ def nmc_predict(method, bank_size: int):
     def predict(x):
         if method._bank is None:  # before the first task: nothing to average yet
             return model(x)
-        feats = F.normalize(model.features(x), dim=1)
+        feats = F.normalize(model.features(x).float(), dim=1)  # float under bf16 autocast too
         held = len(method.memory)
         parts_x, parts_y = [method._bank[0]], [method._bank[1]]
         if held:
             parts_x.append(method.memory.x[:held])
             parts_y.append(method.memory.y[:held])
         bx, by = torch.cat(parts_x), torch.cat(parts_y)
-        bank = F.normalize(model.features(method.preprocess(bx)), dim=1)
+        bank = F.normalize(model.features(method.preprocess(bx)).float(), dim=1)
         means = torch.zeros(n_classes, bank.shape[1], device=bank.device).index_add_(0, by, bank)
         counts = torch.bincount(by, minlength=n_classes)
         logits = feats @ F.normalize(means, dim=1).T
@@ -208,4 +211,13 @@ def install(method, optimizer_factory, *, head_init: str = "random",
                 for p in (layer.down.weight, layer.up.weight):
                     method.optimizer.state.pop(p, None)
 
+    resume = method.resume_task
+
+    def resume_task(task):  # a task a resumed run had completed: its weights are loaded
+        resume(task)
+        method._seen |= set(task.classes)
+        for layer in loras if rank else ():
+            layer.freeze_base()
+
     method.before_task, method.after_task = before_task, after_task
+    method.resume_task = resume_task

@@ -1,0 +1,37 @@
+"""Runs many configurations of a comparison script, in worker processes when `jobs` > 1.
+
+Each configuration is a list of Hydra overrides and a run directory; the result is the run's
+summary dict; runs already completed in their directory are reused. Used by the table
+scripts so a sweep can fill a many-core or GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from cl_bench.cli import CONF_DIR
+from cl_bench.experiment import run_experiment
+
+
+def run_one(overrides: list[str], run_dir: Path) -> dict:
+    """The run's summary; a run already completed in `run_dir` is read back, not redone."""
+    done = Path(run_dir) / "summary.json"
+    if done.is_file() and (summary := json.loads(done.read_text())).get("status") == "completed":
+        return summary
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return run_experiment(cfg, Path(run_dir))
+
+
+def run_all(specs: list[tuple[list[str], Path]], jobs: int = 1) -> list[dict]:
+    """Summaries of `specs` in their order; `jobs` worker processes (1: in this process)."""
+    if jobs <= 1:
+        return [run_one(o, d) for o, d in specs]
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be shared with forked workers
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        return list(pool.map(run_one, *zip(*specs, strict=True)))
