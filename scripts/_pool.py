@@ -1,8 +1,8 @@
 """Runs many configurations of a comparison script, in worker processes when `jobs` > 1.
 
 Each configuration is a list of Hydra overrides and a run directory; the result is the run's
-summary dict; runs already completed in their directory are reused. Used by the table
-scripts so a sweep can fill a many-core or GPU machine.
+summary dict; runs already completed in their directory are reused. Used by the table and
+benchmark scripts, so a sweep can fill a many-core or GPU machine.
 """
 
 from __future__ import annotations

@@ -18,10 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from cl_bench.cli import CONF_DIR
-from cl_bench.experiment import run_experiment
+from _pool import run_one
 
 
 def main() -> None:
@@ -42,10 +39,8 @@ def main() -> None:
     results: dict[tuple, list] = {k: [] for k in settings}
     for r in range(args.repeats):
         for every, precision in settings:
-            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                cfg = compose("config", overrides=[*common, f"eval.every={every}",
-                                                   f"eval.precision={precision}"])
-            s = run_experiment(cfg, out / f"every{every}_{precision}_{r}")
+            s = run_one([*common, f"eval.every={every}", f"eval.precision={precision}"],
+                        out / f"every{every}_{precision}_{r}")
             results[every, precision].append(
                 (s["eval_overhead"], s["train_seconds"], s["eval_seconds"], s["test_seconds"]))
     print(f"split MNIST, ER, batch {args.batch_size}+{args.batch_size}, probes "

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from _pool import run_one
 
-from cl_bench.cli import CONF_DIR
 from cl_bench.data.benchmarks import split_stream
-from cl_bench.experiment import run_experiment
 from cl_bench.models.mlp import MLP
 
 
@@ -63,11 +61,9 @@ def bare_loop(stream, batch_size: int, replay: int, mem_size: int, seed: int) ->
 
 
 def runner(overrides: list[str]) -> tuple[float, dict]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    out = Path("outputs/bench_overhead") / str(time.time_ns())
-    summary = run_experiment(cfg, out)
-    return summary["train_seconds"] + summary["eval_seconds"], summary
+    summary = run_one(overrides, Path("outputs/bench_overhead") / str(time.time_ns()))
+    seconds = summary["train_seconds"] + summary["eval_seconds"] + summary["test_seconds"]
+    return seconds, summary
 
 
 def main() -> None:

@@ -164,6 +164,7 @@ def install(method, optimizer_factory, *, head_init: str = "random",
         return
     model = method.model
     method._seen = set()
+    loras: list[LoRALinear] = []
     if rank:
         alpha = lora.get("alpha")
         loras = add_lora(model, rank, float(rank if alpha is None else alpha))
@@ -205,18 +206,17 @@ def install(method, optimizer_factory, *, head_init: str = "random",
 
     def after_task(task):
         after(task)
-        if rank:
-            for layer in loras:
-                layer.end_task()
-                for p in (layer.down.weight, layer.up.weight):
-                    method.optimizer.state.pop(p, None)
+        for layer in loras:
+            layer.end_task()
+            for p in (layer.down.weight, layer.up.weight):
+                method.optimizer.state.pop(p, None)
 
     resume = method.resume_task
 
     def resume_task(task):  # a task a resumed run had completed: its weights are loaded
         resume(task)
         method._seen |= set(task.classes)
-        for layer in loras if rank else ():
+        for layer in loras:
             layer.freeze_base()
 
     method.before_task, method.after_task = before_task, after_task
