@@ -197,7 +197,7 @@ class EvalConf:
     every: int = 50  # iterations between continual evaluations; 0 turns them off
     probe_size: int = 200  # test samples per task in the continual-evaluation probe
     batch_size: int = 1000
-    precision: str = "fp32"  # fp32 | bf16 (autocast) for the probe passes
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) for the probe passes
     plot: bool = True  # write stability_gap.png when there are curves
 
 

@@ -253,6 +253,7 @@ class Run:
         for s, a in matrices.items():
             self.summary.update(all_metrics(a, np.array(random_init[s]), s))
         self.summary.update(eval_every=every, eval_probe_size=cfg.eval.probe_size,
+                            eval_precision=evaluator.precision,
                             **stability_metrics(curves, stream.scenarios))
         if curves and cfg.eval.plot:
             from cl_bench.report.stability_plot import write_stability_plot

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.cli import CONF_DIR
@@ -33,5 +35,7 @@ def run_all(specs: list[tuple[list[str], Path]], jobs: int = 1) -> list[dict]:
     if jobs <= 1:
         return [run_one(o, d) for o, d in specs]
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be shared with forked workers
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # oversubscribed BLAS threads spin-wait
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
         return list(pool.map(run_one, *zip(*specs, strict=True)))

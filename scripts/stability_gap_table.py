@@ -21,9 +21,16 @@ from _pool import run_all
 CONFIGS = {
     "er": ["method=er"],
     "sgm (all four switches, LoRA r=8)": ["method=sgm"],
+    "sgm, LoRA r=32": ["method=sgm", "method.lora.rank=32"],
+    "sgm, LoRA r=128": ["method=sgm", "method.lora.rank=128"],
+    "sgm, LoRA r=256": ["method=sgm", "method.lora.rank=256"],
     "sgm without LoRA (class-mean init + frozen old rows + soft targets)": [
         "method=sgm", "method.lora.rank=0"],
     "er + LoRA r=8 alone": ["method=er", "method.lora.rank=8"],
+    # control for SGM's hypothesis H2 (hidden-layer plasticity causes the gap): the hidden
+    # layers frozen after task 0 (a LoRA update scaled to nothing)
+    "er, hidden layers frozen after task 0": [
+        "method=er", "method.lora.rank=8", "method.lora.alpha=0.001"],
     "er, model.head=nmc": ["method=er", "model.head=nmc"],
 }
 METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_class_il"]

@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from cl_bench.metrics.stability import largest_change, scenario_metrics, stability_metrics
 
@@ -114,14 +115,27 @@ def test_plot_overlays_runs_on_one_axes():
 def test_bf16_probes_change_curves_by_near_ties_only_and_never_the_test_sets(run_job):
     common = ["method=er", "eval.every=5", "eval.probe_size=100", "eval.plot=false",
               "deterministic=true"]
-    fp32, fp32_dir = run_job(*common)
+    fp32, fp32_dir = run_job(*common, "eval.precision=fp32")
     bf16, bf16_dir = run_job(*common, "eval.precision=bf16")
+    assert (fp32["eval_precision"], bf16["eval_precision"]) == ("fp32", "bf16")
     pd.testing.assert_frame_equal(pd.read_csv(bf16_dir / "acc_matrix.csv"),
                                   pd.read_csv(fp32_dir / "acc_matrix.csv"))
     a, b = (pd.read_csv(d / "curves.csv") for d in (fp32_dir, bf16_dir))
     assert a.step.tolist() == b.step.tolist()
     assert (a.acc_class_il - b.acc_class_il).abs().max() <= 0.03  # 3 of 100 probes at most
     assert abs(fp32["min_acc_class_il"] - bf16["min_acc_class_il"]) <= 0.03
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from cl_bench.metrics.evaluator import resolve_precision
+
+    for isa in ("avx512_bf16", "amx_tile"):
+        monkeypatch.setattr(torch.cpu, f"_is_{isa}_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"  # asked for explicitly: kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("fp32", "cpu") == "fp32"
 
 
 def test_bad_eval_precision_is_named(run_job):
