@@ -23,15 +23,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from _pool import run_one
-from torch import nn
+
+from cl_bench.models.mlp import MLP
 
 
 def bare_overhead(every: int, probe_size: int, batch: int, precision: str, device: str,
                   repeats: int = 7) -> float:
     """Median over repeats of (probe pass seconds) / (`every` bare SGD steps seconds)."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400),
-                          nn.ReLU(), nn.Linear(400, 10)).to(device)
+    model = MLP((1, 28, 28), 10).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     xb = torch.randn(2 * batch, 1, 28, 28, device=device)
     yb = torch.randint(0, 10, (2 * batch,), device=device)
@@ -43,7 +44,7 @@ def bare_overhead(every: int, probe_size: int, batch: int, precision: str, devic
     def steps():
         for _ in range(every):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
+            F.cross_entropy(model(xb), yb).backward()
             opt.step()
 
     def probe_passes():  # the seen tasks grow from 1 to 5 over the stream
