@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import random
@@ -9,23 +10,29 @@ import resource
 import shutil
 import time
 import traceback
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cl_bench
 from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cl_bench.data.stream import TaskStream
+from cl_bench.budget.budget import Budget
+from cl_bench.budget.flops import FlopCounter
+from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
 from cl_bench.loggers.console import ConsoleLogger
-from cl_bench.loggers.csv_logger import COMPONENT_COLUMNS, CSVLogger
+from cl_bench.loggers.csv_logger import CSVLogger
+from cl_bench.memory.base import Memory
+from cl_bench.methods.base import Method
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
+from cl_bench.plugins.stability_gap import NMCHead
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -76,9 +83,14 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def scenario_of(cfg: DictConfig) -> str:
+    return str(cfg.scenario.value if hasattr(cfg.scenario, "value") else cfg.scenario)
+
+
 def build_stream(cfg: DictConfig) -> TaskStream:
-    stream = instantiate(cfg.benchmark, root=cfg.data.root, download=cfg.data.download)
-    scenario = str(cfg.scenario.value if hasattr(cfg.scenario, "value") else cfg.scenario)
+    stream = _build(cfg.benchmark, ("scenario", "augment"), root=cfg.data.root,
+                    download=cfg.data.download)
+    scenario = scenario_of(cfg)
     if scenario not in stream.scenarios:
         raise ValueError(
             f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "
@@ -87,8 +99,92 @@ def build_stream(cfg: DictConfig) -> TaskStream:
     return stream
 
 
+@dataclass
+class Parts:
+    """What a run is made of, built from its config by `build_parts`."""
+
+    stream: TaskStream
+    device: torch.device
+    method: Method
+    memory: Memory
+    budget: Budget
+    counter: FlopCounter
+    evaluator: Evaluator
+
+
+def _build(node: DictConfig, runner_keys: tuple[str, ...] = ("name",), **kwargs):
+    """`instantiate(node)` without the keys the runner reads itself (`name` identifies
+    the option; a benchmark's `scenario` and `augment` configure the runner), so the
+    part's constructor sees exactly its own options and rejects anything else."""
+    own = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+           if k not in runner_keys}
+    return instantiate(own, **kwargs)
+
+
+def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
+    """The stream, model (inside the method), memory, plugins, method, budget with its
+    FLOP counter, and evaluator of `cfg`, in an order that fixes their RNG draws."""
+    device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
+    stream = build_stream(cfg)
+    preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
+    class_mask = stream.class_mask(device)
+    model = _build(cfg.model, input_shape=stream.input_shape,
+                   n_classes=stream.n_classes).to(device)
+    budget = _build(cfg.budget)
+    memory_cls = get_class(cfg.memory._target_)
+    memory = _build(cfg.memory, device=device, seed=cfg.seed,
+                    **({"run_dir": str(run_dir)} if memory_cls.stores_files else {}))
+    plugins = [_build(node, ()) for node in cfg.plugins.values()]
+    if getattr(model, "head_kind", "linear") == "nmc":  # model.head=nmc: predict by class means
+        plugins.append(NMCHead(bank_size=max(memory.size, 500)))
+    method = _build(
+        cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
+        preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
+        counter=budget.counter, plugins=plugins, name=cfg.method.name,
+    )
+    method.output_dir = run_dir
+    evaluator = Evaluator(stream, preprocess, class_mask, budget.counter, device,
+                          probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
+                          seed=cfg.seed, precision=cfg.eval.precision)
+    return Parts(stream, device, method, memory, budget, budget.counter, evaluator)
+
+
+@dataclass
+class RunState:
+    """Everything a run carries from task to task; saved as one unit after each task
+    (`checkpoint.pt`) and restored as one, so nothing can be saved and not restored."""
+
+    task: int = -1  # last completed task
+    step: int = 0
+    rows: dict = field(default_factory=dict)  # scenario -> accuracy rows, one per task
+    curves: list = field(default_factory=list)  # continual-evaluation rows
+    random_init: dict = field(default_factory=dict)  # accuracy of the untrained model
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    test_seconds: float = 0.0
+    method: dict = field(default_factory=dict)
+    counter: dict = field(default_factory=dict)
+    batch_rng: torch.Tensor | None = None
+    rng: dict = field(default_factory=dict)
+
+    def save(self, run_dir: Path, parts: Parts, batch_gen: torch.Generator) -> None:
+        self.method = parts.method.state_dict()
+        self.counter = parts.counter.state_dict()
+        self.batch_rng, self.rng = batch_gen.get_state(), rng_state()
+        save_checkpoint(run_dir, asdict(self))
+        self.method = {}  # held only while saving
+
+    def restore(self, parts: Parts, batch_gen: torch.Generator) -> None:
+        parts.method.load_state_dict(self.method)
+        parts.counter.load_state_dict(self.counter)
+        batch_gen.set_state(self.batch_rng)
+        set_rng_state(self.rng)
+        self.method = {}
+
+
 class Run:
-    """One run: the stream, the method, the evaluator and the loggers, and the task loop."""
+    """One run: builds its parts, restores or starts its state, runs the task loop and
+    writes the summary."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
@@ -96,9 +192,11 @@ class Run:
         self.summary = identity(cfg)
         self.summary.update(status="running", error="")
         # resuming continues after the last checkpointed task, or starts over without one
-        self.checkpoint = load_checkpoint(self.run_dir) if resume else None
-        done = self.checkpoint["task"] if self.checkpoint else -1
-        self.loggers = [CSVLogger(self.run_dir, keep_through_task=done if resume else None)]
+        checkpoint = load_checkpoint(self.run_dir) if resume else None
+        self.state = RunState(**checkpoint) if checkpoint else RunState()
+        self.resumed = checkpoint is not None
+        self.loggers = [CSVLogger(self.run_dir,
+                                  keep_through_task=self.state.task if resume else None)]
         if cfg.logger.name == "wandb":
             from cl_bench.loggers.wandb_logger import WandbLogger
 
@@ -116,7 +214,6 @@ class Run:
 
     def execute(self) -> dict:
         start = time.perf_counter()
-        self.train_seconds = self.eval_seconds = self.test_seconds = 0.0
         try:
             self._train()
             self.summary["status"] = "completed"
@@ -129,13 +226,13 @@ class Run:
             raise
         finally:
             self.console.stop()
+            st = self.state
             self.summary.update(
                 wall_seconds=time.perf_counter() - start,
-                train_seconds=self.train_seconds,
-                eval_seconds=self.eval_seconds,
-                test_seconds=self.test_seconds,
-                eval_overhead=(self.eval_seconds / self.train_seconds
-                               if self.train_seconds else None),
+                train_seconds=st.train_seconds,
+                eval_seconds=st.eval_seconds,
+                test_seconds=st.test_seconds,
+                eval_overhead=st.eval_seconds / st.train_seconds if st.train_seconds else None,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             )
             self._log("log_summary", self.summary)
@@ -144,146 +241,135 @@ class Run:
         return self.summary
 
     def _train(self) -> None:
-        cfg = self.cfg
+        cfg, state = self.cfg, self.state
         seed_everything(cfg.seed, cfg.deterministic)
-        device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
-        stream = build_stream(cfg)
-        scenario = self.summary["scenario"]
-        preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
-        class_mask = stream.class_mask(device)
-        model = instantiate(cfg.model, input_shape=stream.input_shape,
-                            n_classes=stream.n_classes).to(device)
-        budget = instantiate(cfg.budget)
-        counter = budget.counter.attach(model)
-        memory = instantiate(cfg.memory, device=device, seed=cfg.seed, run_dir=str(self.run_dir))
-        method = instantiate(
-            cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
-            preprocess=preprocess, class_mask=class_mask, scenario=scenario,
-        )
-        counter.detach()
-        counter.attach(model)  # again: a method may have added layers (LoRA)
-        if hasattr(method, "bind_run"):  # methods with extra networks or output files
-            method.bind_run(counter=counter, run_dir=self.run_dir)
-        evaluator = Evaluator(stream, preprocess, class_mask, counter, device,
-                              probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
-                              seed=cfg.seed, precision=cfg.eval.precision)
-        self.summary["device"] = str(device)
+        parts = build_parts(cfg, self.run_dir)
+        self.summary["device"] = str(parts.device)
         batch_gen = torch.Generator().manual_seed(cfg.seed)
-        every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
-
-        def evaluate(score, continual=False):
-            """Time goes to `eval_seconds` (continual probes) or `test_seconds` (test sets)."""
-            t0 = time.perf_counter()
-            model.eval()
-            result = {s: acc.tolist() for s, acc in score(method.predict).items()}
-            model.train()
-            if continual:
-                self.eval_seconds += time.perf_counter() - t0
-            else:
-                self.test_seconds += time.perf_counter() - t0
-            return result
-
-        def acc_rows(result, step_fields):
-            return [
-                {**step_fields, "eval_task": j, "accuracy": result[scenario][j],
-                 **{f"acc_{s}": result[s][j] for s in result}}
-                for j in range(len(result[scenario]))
-            ]
-
-        rows: dict[str, list] = {s: [] for s in stream.scenarios}
-        curves: list[dict] = []  # continual-evaluation rows, for the stability-gap metrics
-        step, first_task = 0, 0
-        if self.checkpoint:
-            ckpt = self.checkpoint
-            method.load_state_dict(ckpt["method"])
-            counter.train_flops, counter.eval_flops = ckpt["train_flops"], ckpt["eval_flops"]
-            counter.components.update(ckpt.get("flop_components", {}))
-            batch_gen.set_state(ckpt["batch_rng"])
-            set_rng_state(ckpt["rng"])
-            step, rows, random_init = ckpt["step"], ckpt["rows"], ckpt["random_init"]
-            curves = ckpt["curves"]
-            self.train_seconds, self.eval_seconds = ckpt["train_seconds"], ckpt["eval_seconds"]
-            self.test_seconds = ckpt.get("test_seconds", 0.0)
-            first_task = ckpt["task"] + 1
-            self.summary["resumed_after_task"] = ckpt["task"]
-            for task in stream.tasks[:first_task]:
-                method.resume_task(task.to(device))
+        if self.resumed:
+            state.restore(parts, batch_gen)
+            self.summary["resumed_after_task"] = state.task
+            for task in parts.stream.tasks[: state.task + 1]:
+                parts.method.skip_task(task.to(parts.device))
         else:
-            random_init = evaluate(evaluator.full)
-        t_start = time.perf_counter()
-        for task in stream.tasks[first_task:]:
-            task = task.to(device)
-            method.before_task(task)
-            x, y, task_ids = method.train_data(task)
-            self.console.start_task(task.id, len(stream), budget.steps_per_task(len(y)))
-            loss_sum, loss_n = torch.zeros((), device=device), 0
-            t_task = time.perf_counter()
-            eval_before = self.eval_seconds
-            for idx in budget.batches(len(y), batch_gen, device):
-                out = method.observe(x[idx], y[idx], task_ids[idx])
-                step += 1
-                loss_sum += out["loss"]
-                loss_n += 1
-                if step % train_every == 0:
-                    self._flush_train(step, task.id, loss_sum, loss_n, counter, t_start)
-                    loss_sum, loss_n = torch.zeros((), device=device), 0
-                if every and step % every == 0:
-                    curve = evaluate(lambda p, n=task.id + 1: evaluator.probes(p, n), True)
-                    curves += acc_rows(curve, {"step": step, "train_task": task.id})
-                    self._log("log_curve_rows", curves[-len(curve[scenario]):])
-            if loss_n:
-                self._flush_train(step, task.id, loss_sum, loss_n, counter, t_start)
-            self.console.end_task()
-            method.after_task(task)
-            self.train_seconds += (time.perf_counter() - t_task) - (self.eval_seconds - eval_before)
-            result = evaluate(evaluator.full)
-            self._log("log_acc_rows", acc_rows(result, {"train_task": task.id}))
-            for s in stream.scenarios:
-                rows[s].append(result[s])
-            save_checkpoint(self.run_dir, {
-                "task": task.id, "method": method.state_dict(), "step": step, "rows": rows,
-                "curves": curves,
-                "random_init": random_init, "train_flops": counter.train_flops,
-                "eval_flops": counter.eval_flops, "flop_components": dict(counter.components),
-                "batch_rng": batch_gen.get_state(),
-                "rng": rng_state(), "train_seconds": self.train_seconds,
-                "eval_seconds": self.eval_seconds, "test_seconds": self.test_seconds,
-            })
-        matrices = {s: np.array(r) for s, r in rows.items()}
+            state.rows = {s: [] for s in parts.stream.scenarios}
+            state.random_init = self._evaluate(parts, parts.evaluator.full)
+        for task in parts.stream.tasks[state.task + 1 :]:
+            self._train_task(parts, task.to(parts.device), batch_gen)
+            state.save(self.run_dir, parts, batch_gen)
+        self._finish(parts)
+
+    def _evaluate(self, parts: Parts, score, continual: bool = False) -> dict:
+        """Time goes to `eval_seconds` (continual probes) or `test_seconds` (test sets)."""
+        t0 = time.perf_counter()
+        method = parts.method
+        method.model.eval()
+        result = {s: acc.tolist() for s, acc in
+                  score(method.predict, task_aware=method.predict_needs_task_ids).items()}
+        method.model.train()
+        if continual:
+            self.state.eval_seconds += time.perf_counter() - t0
+        else:
+            self.state.test_seconds += time.perf_counter() - t0
+        return result
+
+    def _acc_rows(self, result: dict, step_fields: dict) -> list[dict]:
+        scenario = self.summary["scenario"]
+        return [{**step_fields, "eval_task": j, "accuracy": result[scenario][j],
+                 **{f"acc_{s}": result[s][j] for s in result}}
+                for j in range(len(result[scenario]))]
+
+    def _train_task(self, parts: Parts, task: Task, batch_gen: torch.Generator) -> None:
+        cfg, state, method = self.cfg, self.state, parts.method
+        every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
+        method.begin_task(task)
+        data = method.train_data(task)
+        self.console.start_task(task.id, len(parts.stream), parts.budget.steps_per_task(len(data)))
+        window = LossWindow(parts.device)
+        t_task, eval_before = time.perf_counter(), state.eval_seconds
+        t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
+        for idx in parts.budget.batches(len(data), batch_gen, parts.device):
+            window.add(method.observe(data[idx]))
+            state.step += 1
+            if state.step % train_every == 0:
+                self._flush_train(task.id, window, parts.counter, t_start)
+            if every and state.step % every == 0:
+                probes = functools.partial(parts.evaluator.probes, n_seen=task.id + 1)
+                curve = self._evaluate(parts, probes, continual=True)
+                rows = self._acc_rows(curve, {"step": state.step, "train_task": task.id})
+                state.curves += rows
+                self._log("log_curve_rows", rows)
+        if window.n:
+            self._flush_train(task.id, window, parts.counter, t_start)
+        self.console.end_task()
+        method.end_task(task)
+        state.train_seconds += (time.perf_counter() - t_task) - (state.eval_seconds - eval_before)
+        result = self._evaluate(parts, parts.evaluator.full)
+        self._log("log_acc_rows", self._acc_rows(result, {"train_task": task.id}))
+        for s in parts.stream.scenarios:
+            state.rows[s].append(result[s])
+        state.task = task.id
+
+    def _flush_train(self, task_id, window: LossWindow, counter, t_start) -> None:
+        n, means = window.flush()
+        self.console.advance(n, means["loss"])
+        self._log("log_train_rows", [{
+            "step": self.state.step, "train_task": task_id, "loss": means.pop("loss"),
+            "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
+            **counter.component_columns(), **{f"loss_{k}": v for k, v in means.items()},
+        }])
+
+    def _finish(self, parts: Parts) -> None:
+        cfg, state, counter = self.cfg, self.state, parts.counter
+        matrices = {s: np.array(r) for s, r in state.rows.items()}
         for s, a in matrices.items():
-            self.summary.update(all_metrics(a, np.array(random_init[s]), s))
-        self.summary.update(eval_every=every, eval_probe_size=cfg.eval.probe_size,
-                            eval_precision=evaluator.precision,
-                            **stability_metrics(curves, stream.scenarios))
-        if curves and cfg.eval.plot:
+            self.summary.update(all_metrics(a, np.array(state.random_init[s]), s))
+        self.summary.update(eval_every=cfg.eval.every, eval_probe_size=cfg.eval.probe_size,
+                            eval_precision=parts.evaluator.precision,
+                            **stability_metrics(state.curves, parts.stream.scenarios))
+        if state.curves and cfg.eval.plot:
             from cl_bench.report.stability_plot import write_stability_plot
 
             write_stability_plot(self.run_dir)
         self.summary.update(
             train_flops=counter.train_flops,
             eval_flops=counter.eval_flops,
-            memory_bytes=memory.nbytes,
-            steps=step,
-            train_seconds=self.train_seconds,
-            eval_seconds=self.eval_seconds,
-            test_seconds=self.test_seconds,
-            **component_flops(counter),
+            memory_bytes=parts.memory.nbytes,
+            steps=state.step,
+            train_seconds=state.train_seconds,
+            eval_seconds=state.eval_seconds,
+            test_seconds=state.test_seconds,
+            **counter.component_columns(),
         )
-        self.summary.update(memory.stats())
+        self.summary.update(parts.memory.stats())
         self.console.report(matrices, self.summary, self.run_dir)
 
-    def _flush_train(self, step, task_id, loss_sum, loss_n, counter, t_start) -> None:
-        loss = (loss_sum / loss_n).item()
-        self.console.advance(loss_n, loss)
-        self._log("log_train_rows", [{
-            "step": step, "train_task": task_id, "loss": loss,
-            "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
-            **component_flops(counter),
-        }])
 
+class LossWindow:
+    """Running sums of the step losses (and loss terms) between train.csv rows, kept on
+    the device: the only host sync is the flush."""
 
-def component_flops(counter) -> dict:
-    return {col: counter.components.get(col.removeprefix("flops_"), 0) for col in COMPONENT_COLUMNS}
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = torch.zeros((), device=self.device)
+        self.terms: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, out: dict) -> None:
+        self.total += out["loss"]
+        self.n += 1
+        for k, v in out.get("terms", {}).items():
+            self.terms[k] = self.terms[k] + v if k in self.terms else v.clone()
+
+    def flush(self) -> tuple[int, dict[str, float]]:
+        values = torch.stack([self.total, *self.terms.values()]).div(self.n).tolist()
+        means = dict(zip(["loss", *self.terms], values, strict=True))
+        n = self.n
+        self.reset()
+        return n, means
 
 
 def _sweep_group() -> str | None:

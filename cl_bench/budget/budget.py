@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from cl_bench.budget.flops import FlopCounter
+from cl_bench.schemas import schema
 
 
 class Budget:
@@ -20,7 +22,6 @@ class Budget:
         iters: int | None = None,
         flops_per_task: float | None = None,
         drop_last: bool = False,
-        **_: object,
     ):
         if epochs is None and iters is None:
             raise ValueError("set budget.epochs or budget.iters (per task); both are null")
@@ -64,3 +65,14 @@ class Budget:
                     return
                 yield idx
                 step += 1
+
+
+@schema("budget", "budget")
+@dataclass
+class BudgetConf:
+    _target_: str = "cl_bench.budget.budget.Budget"
+    batch_size: int = 10
+    epochs: int | None = 1
+    iters: int | None = None
+    flops_per_task: float | None = None
+    drop_last: bool = False

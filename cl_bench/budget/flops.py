@@ -67,6 +67,17 @@ class FlopCounter:
         finally:
             self._component = previous
 
+    def component_columns(self) -> dict[str, int]:
+        return {f"flops_{k}": v for k, v in self.components.items()}
+
+    def state_dict(self) -> dict:
+        return {"train_flops": self.train_flops, "eval_flops": self.eval_flops,
+                "components": dict(self.components)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_flops, self.eval_flops = state["train_flops"], state["eval_flops"]
+        self.components = dict(state["components"])
+
     def _hook(self, module, inputs, out):
         if not self.enabled:
             return

@@ -6,12 +6,14 @@ a split benchmark owns the contiguous logits [t*k, (t+1)*k).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cl_bench.data.datasets import load_dataset
 from cl_bench.data.stream import Task, TaskStream
+from cl_bench.schemas import Scenario, schema
 
 
 def split_stream(
@@ -24,7 +26,6 @@ def split_stream(
     class_seed: int = 0,
     root: str | Path | None = None,
     download: bool = False,
-    **_: object,
 ) -> TaskStream:
     """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL)."""
     data = load_dataset(dataset, root, download)
@@ -77,7 +78,6 @@ def permuted_stream(
     permutation_seed: int = 0,
     root: str | Path | None = None,
     download: bool = False,
-    **_: object,
 ) -> TaskStream:
     """Each task is the whole dataset under its own fixed pixel permutation (domain-IL)."""
     data = load_dataset(dataset, root, download)
@@ -108,3 +108,31 @@ def permuted_stream(
 
 def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)[:, perm].reshape(x.shape)
+
+
+@schema("benchmark", "split")
+@dataclass
+class SplitBenchmarkConf:
+    """`split_stream`; `scenario` and `augment` are read by the runner."""
+    _target_: str = "cl_bench.data.benchmarks.split_stream"
+    name: str = "???"
+    dataset: str = "???"
+    n_tasks: int = 5
+    class_order: list[int] | None = None
+    shuffle_classes: bool = False
+    class_seed: int = 0
+    scenario: Scenario = Scenario.class_il
+    augment: str = "none"
+
+
+@schema("benchmark", "permuted")
+@dataclass
+class PermutedBenchmarkConf:
+    _target_: str = "cl_bench.data.benchmarks.permuted_stream"
+    name: str = "???"
+    dataset: str = "???"
+    n_tasks: int = 10
+    permute_first: bool = True
+    permutation_seed: int = 0
+    scenario: Scenario = Scenario.domain_il
+    augment: str = "none"

@@ -4,16 +4,17 @@ continual run is MLP-sized (van de Ven et al., 2020; Pawlak et al., 2022)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from cl_bench.data.benchmarks import split_stream
+from cl_bench.data.benchmarks import SplitBenchmarkConf, split_stream
 from cl_bench.data.datasets import DATASETS
 from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.models.conv5 import CIFAR10_MEAN, CIFAR10_STD, conv5_extractor, load_conv5
+from cl_bench.schemas import schema
 
 
 @torch.no_grad()
@@ -43,3 +44,11 @@ def feature_stream(*, weights: str, root: str | Path | None = None, **kw) -> Tas
     # mean 0, std 1/255: Preprocess computes x * 1 - 0, so features arrive as they are
     return replace(stream, tasks=tasks, input_shape=(1024, 1, 1), mean=(0.0,),
                    std=(1 / 255,))
+
+
+@schema("benchmark", "features")
+@dataclass
+class FeatureBenchmarkConf(SplitBenchmarkConf):
+    """A split benchmark on cached conv5 features."""
+    _target_: str = "cl_bench.data.features.feature_stream"
+    weights: str = "???"

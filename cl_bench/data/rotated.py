@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from cl_bench.data.datasets import load_dataset
 from cl_bench.data.stream import Task, TaskStream
+from cl_bench.schemas import Scenario, schema
 
 
 def rotate(x: torch.Tensor, degrees: float, chunk: int = 10_000) -> torch.Tensor:
@@ -35,7 +37,6 @@ def rotated_stream(
     angles: list[float],
     root: str | Path | None = None,
     download: bool = False,
-    **_: object,
 ) -> TaskStream:
     """One task per angle of `angles` (degrees), all with the dataset's labels (domain-IL),
     as in the stability-gap example of De Lange et al. (ICLR 2023): 0/80/160 degrees."""
@@ -58,3 +59,14 @@ def rotated_stream(
         std=data.info.std,
         class_order=list(range(n_classes)),
     )
+
+
+@schema("benchmark", "rotated")
+@dataclass
+class RotatedBenchmarkConf:
+    _target_: str = "cl_bench.data.rotated.rotated_stream"
+    name: str = "???"
+    dataset: str = "???"
+    angles: list[float] = field(default_factory=lambda: [0.0, 80.0, 160.0])
+    scenario: Scenario = Scenario.domain_il
+    augment: str = "none"

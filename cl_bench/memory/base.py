@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from cl_bench.data.batch import Batch
+from cl_bench.schemas import schema
+
+
+@schema("memory", "memory")
+@dataclass
+class MemoryConf:
+    _target_: str = "???"
+    name: str = "???"
+    size: int = 0
 
 
 class Memory:
-    """A replay memory: `add` a batch, `sample` a batch, `len`, `nbytes`."""
+    """A replay memory: `add(batch)`, `sample(n) -> Batch`, `update(index, loss=...)`,
+    `stored()` (a read-only view of what is held), `len`, `nbytes`.
 
-    def __init__(self, size: int = 0, device: str | torch.device = "cpu", seed: int = 0, **_):
+    `capabilities` names what a memory offers beyond holding samples; a method lists the
+    ones it needs in `memory_needs`, checked when the run is built. Memories with
+    `wants_losses` (e.g. carousel's loss-aware swaps) use the per-sample replay losses
+    methods report through `update`.
+    """
+
+    capabilities: frozenset[str] = frozenset({"add", "sample"})
+    wants_losses = False
+    stores_files = False  # True: built with `run_dir`, the folder it may write to
+
+    def __init__(self, size: int = 0, device: str | torch.device = "cpu", seed: int = 0):
         if size < 0:
             raise ValueError(f"memory.size must be >= 0, got {size}")
         self.size = size
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, task_id: torch.Tensor, **extra) -> None:
+    def add(self, batch: Batch) -> None:
         raise NotImplementedError
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, *extras: str, with_index: bool = False) -> Batch:
+        """`n` samples with the named extras; `with_index`: their memory indices too."""
+        raise NotImplementedError
+
+    def update(self, index: torch.Tensor, *, loss: torch.Tensor | None = None) -> None:
+        """Per-sample information about the samples at `index` (as `sample` returned it):
+        `loss`, the detached per-sample replay loss. Ignored unless the memory uses it."""
+
+    def stored(self) -> Batch:
+        """Everything held, as a batch of views: read it, do not write to it."""
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -27,11 +60,6 @@ class Memory:
     @property
     def nbytes(self) -> int:
         return 0
-
-    wants_losses = False  # True: the replay method reports per-sample losses (observe_losses)
-
-    def observe_losses(self, losses: torch.Tensor) -> None:
-        """Per-sample training losses of the batch the last `sample` returned."""
 
     def stats(self) -> dict:
         """Extra numbers for the run summary (called once, when training ends)."""
@@ -48,10 +76,15 @@ class Memory:
 class NoMemory(Memory):
     """No replay memory (finetune, joint)."""
 
-    def add(self, x, y, task_id, **extra) -> None:
+    capabilities = frozenset()
+
+    def add(self, batch) -> None:
         pass
 
-    def sample(self, n):
+    def sample(self, n, *extras, with_index=False):
+        raise RuntimeError("memory=none holds no samples; choose memory=reservoir or similar")
+
+    def stored(self) -> Batch:
         raise RuntimeError("memory=none holds no samples; choose memory=reservoir or similar")
 
 
@@ -65,8 +98,8 @@ class SelectionBuffer(Memory):
     inserted with tensor ops. Evicted samples are overwritten in place; nothing else moves.
     """
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0, **kw):
-        super().__init__(size, device, seed, **kw)
+    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+        super().__init__(size, device, seed)
         self.count = 0  # samples held
         self.seen = 0  # samples offered so far
         self.x: torch.Tensor | None = None
@@ -83,10 +116,10 @@ class SelectionBuffer(Memory):
         """Keys of `n` newly offered samples (called after `seen` counts them)."""
         return torch.rand(n, generator=self.generator, device=self.device)
 
-    def add(self, x, y, task_id, **extra) -> None:
+    def add(self, batch: Batch) -> None:
         if self.size == 0:
             return
-        x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
+        x, y, task_id = (t.to(self.device) for t in (batch.x, batch.y, batch.task))
         n = len(x)
         self.seen += n
         keys = self.new_keys(n)
@@ -100,7 +133,7 @@ class SelectionBuffer(Memory):
             slots = torch.cat([(~mask[:held]).nonzero().squeeze(1), free])
             incoming = mask[held:].nonzero().squeeze(1)
         self.keys[slots] = keys[incoming]
-        self.write(slots, incoming, x, y, task_id, extra)
+        self.write(slots, incoming, x, y, task_id, batch.extras)
         self.count = min(self.size, held + n)
 
     def write(self, slots, incoming, x, y, task_id, extra: dict) -> None:
@@ -126,10 +159,16 @@ class SelectionBuffer(Memory):
         self.y, self.task, self.keys = state["y"], state["task"], state["keys"]
         self.extra = state.get("extra", {})
 
-    def sample(self, n: int, *extra: str):
-        """`n` samples drawn uniformly with replacement: (x, y, task, *the named extras)."""
+    def sample(self, n: int, *extras: str, with_index: bool = False) -> Batch:
+        """`n` samples drawn uniformly with replacement."""
         idx = torch.randint(0, self.count, (n,), generator=self.generator, device=self.device)
-        return (self.x[idx], self.y[idx], self.task[idx], *(self.extra[k][idx] for k in extra))
+        return Batch(self.x[idx], self.y[idx], self.task[idx],
+                     {k: self.extra[k][idx] for k in extras}, idx if with_index else None)
+
+    def stored(self) -> Batch:
+        n = self.count
+        return Batch(self.x[:n], self.y[:n], self.task[:n],
+                     {k: v[:n] for k, v in self.extra.items()})
 
     def __len__(self) -> int:
         return self.count

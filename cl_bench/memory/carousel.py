@@ -6,13 +6,16 @@ import math
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cl_bench.memory.base import Memory
+from cl_bench.data.batch import Batch
+from cl_bench.memory.base import Memory, MemoryConf
 from cl_bench.memory.reservoir import Reservoir
+from cl_bench.schemas import schema
 
 SWAP_POLICIES = ("random", "loss_aware")
 _NP = {torch.uint8: np.uint8, torch.int64: np.int64, torch.float32: np.float32}
@@ -36,13 +39,12 @@ class Carousel(Memory):
 
     def __init__(self, size: int = 200, storage_size: int = 5000, swap_ratio: float = 0.5,
                  swap_every: int = 16, swap_policy: str = "random", run_dir: str | None = None,
-                 device="cpu", seed: int = 0, **kw):
-        super().__init__(size, device, seed, **kw)
+                 device="cpu", seed: int = 0):
+        super().__init__(size, device, seed)
         if swap_policy not in SWAP_POLICIES:
             raise ValueError(f"memory.swap_policy={swap_policy!r}: choose one of {SWAP_POLICIES}")
         self.wants_losses = swap_policy == "loss_aware"
         self.slot_loss = torch.full((size,), math.inf, device=self.device)
-        self._last_idx: torch.Tensor | None = None
         if run_dir is None:
             raise ValueError("memory=carousel stores samples under the run directory; "
                              "pass run_dir (the runner does)")
@@ -65,7 +67,10 @@ class Carousel(Memory):
         self.mover.start()
 
     # -- main thread ------------------------------------------------------------------------
-    def add(self, x, y, task_id, **extra) -> None:
+    stores_files = True
+
+    def add(self, batch) -> None:
+        x, y, task_id, extra = batch.x, batch.y, batch.task, batch.extras
         n = len(y)
         ids = torch.arange(self.seen, self.seen + n, device=self.device)
         self.seen += n
@@ -79,14 +84,14 @@ class Carousel(Memory):
         self.stored_y[pos[keep]] = y.to(self.device)[keep]
         self.version[pos[keep]] += 1
         self._writes.append((pos, {"x": x, "y": y, "task": task_id, **extra}))
-        self.em.add(x, y, task_id, src=pos, **extra)
+        self.em.add(Batch(x, y, task_id, {**extra, "src": pos}))
 
-    def sample(self, n: int, *extra: str):
+    def sample(self, n: int, *extras: str, with_index: bool = False) -> Batch:
         self._apply_finished_swaps()
         em = self.em
         idx = torch.randint(0, em.count, (n,), generator=self.generator, device=self.device)
-        out = (em.x[idx], em.y[idx], em.task[idx], *(em.extra[k][idx] for k in extra))
-        self._last_idx = idx
+        out = Batch(em.x[idx], em.y[idx], em.task[idx], {k: em.extra[k][idx] for k in extras},
+                    idx if with_index else None)
         self._swap_slots.append(idx[: math.ceil(self.swap_ratio * n)])
         self._samplings += 1
         if self._samplings % self.swap_every == 0:
@@ -95,8 +100,14 @@ class Carousel(Memory):
             self._swap_slots = []
         return out
 
-    def observe_losses(self, losses: torch.Tensor) -> None:
-        self.slot_loss[self._last_idx] = losses.float()
+    def update(self, index, *, loss=None) -> None:
+        if loss is not None and self.wants_losses:
+            self.slot_loss[index] = loss.float()
+
+    def stored(self) -> Batch:
+        held = self.em.stored()
+        return Batch(held.x, held.y, held.task,
+                     {k: v for k, v in held.extras.items() if k != "src"})
 
     def slots_to_swap(self, replayed: torch.Tensor) -> torch.Tensor:
         """Working-buffer slots to swap out: the replayed ones (random policy), or as many
@@ -259,3 +270,12 @@ def _first_occurrences(values: torch.Tensor):
     first = torch.full((len(uniq),), len(values), dtype=torch.long, device=values.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(values), device=values.device), "amin")
     return uniq, first
+
+
+@schema("memory", "carousel")
+@dataclass
+class CarouselConf(MemoryConf):
+    storage_size: int = 5000  # samples in the store on disk
+    swap_ratio: float = 0.5  # share of each replayed batch swapped with stored samples
+    swap_every: int = 16  # samplings between batched hand-overs of writes and swaps to the mover
+    swap_policy: str = "random"  # random | loss_aware (swap out the lowest-loss samples)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from cl_bench.memory.base import Memory
+from cl_bench.data.batch import Batch
+from cl_bench.memory.base import Memory, MemoryConf
 from cl_bench.memory.reservoir import Reservoir
+from cl_bench.schemas import schema
 
 
 def nonneg_omp(a: torch.Tensor, b: torch.Tensor, k: int, ridge: float = 0.5):
@@ -67,16 +70,18 @@ class Coreset(Memory):
     """
 
     def __init__(self, size: int = 500, pool_size: int = 200, device="cpu", seed: int = 0,
-                 ridge: float = 0.5, **kw):
-        super().__init__(size, device, seed, **kw)
+                 ridge: float = 0.5):
+        super().__init__(size, device, seed)
         self.pool = Reservoir(pool_size, device, seed + 1)
         self.ridge = ridge
         self.rows: dict[str, torch.Tensor] = {}  # x, y, task, weight, extras: the coreset
         self._labels: list[torch.Tensor] = []  # labels offered this task (for the counts)
 
-    def add(self, x, y, task_id, **extra) -> None:
-        self._labels.append(y.to(self.device))
-        self.pool.add(x, y, task_id, **extra)
+    capabilities = frozenset({"add", "sample", "consolidate", "weights"})
+
+    def add(self, batch) -> None:
+        self._labels.append(batch.y.to(self.device))
+        self.pool.add(batch)
 
     def _pool_rows(self) -> dict[str, torch.Tensor]:
         n, pool = len(self.pool), self.pool
@@ -85,12 +90,14 @@ class Coreset(Memory):
         rows["weight"] = torch.ones(n, device=self.device)
         return rows
 
-    def sample(self, n: int, *extra: str):
+    def sample(self, n: int, *extras: str, with_index: bool = False) -> Batch:
         held, pooled = len(self.rows.get("y", ())), len(self.pool)
         idx = torch.randint(0, held + pooled, (n,), generator=self.generator, device=self.device)
-        names = ("x", "y", "task", *extra)
+        names = ("x", "y", "task", *extras)
         if held == 0:
-            return tuple(self._pool_rows()[k][idx] for k in names)
+            out = [self._pool_rows()[k][idx] for k in names]
+            return Batch(*out[:3], dict(zip(extras, out[3:], strict=True)),
+                         idx if with_index else None)
         pool = self._pool_rows() if pooled else None
         from_pool = idx >= held
         out = []
@@ -101,7 +108,17 @@ class Coreset(Memory):
                 mask = from_pool.view(-1, *[1] * (value.dim() - 1))
                 value = torch.where(mask, other, value)
             out.append(value)
-        return tuple(out)
+        return Batch(*out[:3], dict(zip(extras, out[3:], strict=True)),
+                     idx if with_index else None)
+
+    def stored(self) -> Batch:
+        """The coreset followed by the current task's candidate pool (weight 1)."""
+        parts = [self.rows] if self.rows else []
+        if len(self.pool):
+            parts.append(self._pool_rows())
+        rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        return Batch(rows["x"], rows["y"], rows["task"],
+                     {k: v for k, v in rows.items() if k not in ("x", "y", "task")})
 
     def consolidate(self, embed: Callable[[dict], torch.Tensor], n_tasks: int) -> None:
         """Re-select every old task's slice and select the new task's from the pool.
@@ -162,3 +179,10 @@ class Coreset(Memory):
         super().load_state_dict(state)
         self.rows, self._labels = state["rows"], state["labels"]
         self.pool.load_state_dict(state["pool"])
+
+
+@schema("memory", "coreset")
+@dataclass
+class CoresetConf(MemoryConf):
+    pool_size: int = 200  # reservoir of candidates from the current task
+    ridge: float = 0.5  # ridge term of the OMP least squares

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_bench.data.batch import Batch
 from cl_bench.memory.base import Memory
 
 
@@ -30,22 +31,25 @@ class Herding(Memory):
     exemplars per class, chosen by herding on the model's features when a task ends
     (`select`), kept in herding order so a class shrinks by dropping its tail."""
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0, **kw):
-        super().__init__(size, device, seed, **kw)
+    capabilities = frozenset({"sample", "select"})
+
+    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+        super().__init__(size, device, seed)
         self.x: torch.Tensor | None = None
         self.y = torch.empty(0, dtype=torch.int64, device=self.device)
         self.task = torch.empty(0, dtype=torch.int64, device=self.device)
         self.rank = torch.empty(0, dtype=torch.int64, device=self.device)
 
-    def add(self, x, y, task_id, **extra) -> None:
+    def add(self, batch) -> None:
         raise RuntimeError(
             "memory=herding picks exemplars from features at the end of each task; use it "
             "with method=icarl, or choose memory=reservoir/class_balanced/ring"
         )
 
-    def select(self, x, y, task_id, features: torch.Tensor) -> None:
-        """Add the herded exemplars of the classes in `y`, then trim every class to its share."""
-        x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
+    def select(self, batch: Batch, features: torch.Tensor) -> None:
+        """Add the herded exemplars of the classes in `batch`, then trim every class to its
+        share."""
+        x, y, task_id = (t.to(self.device) for t in (batch.x, batch.y, batch.task))
         features = features.to(self.device)
         classes = y.unique()
         n_seen = len(self.y.unique()) + len(classes)
@@ -61,9 +65,14 @@ class Herding(Memory):
         self.x, self.y, self.task, self.rank = (t[keep] for t in (self.x, self.y, self.task,
                                                                    self.rank))
 
-    def sample(self, n: int, *extra: str):
+    def sample(self, n: int, *extras: str, with_index: bool = False) -> Batch:
+        if extras:
+            raise ValueError(f"memory=herding stores no extras, asked for {list(extras)}")
         idx = torch.randint(0, len(self), (n,), generator=self.generator, device=self.device)
-        return self.x[idx], self.y[idx], self.task[idx]
+        return Batch(self.x[idx], self.y[idx], self.task[idx], {}, idx if with_index else None)
+
+    def stored(self) -> Batch:
+        return Batch(self.x, self.y, self.task)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -19,15 +19,15 @@ class Reservoir(SelectionBuffer):
     training step; only the writes touch the buffer's device.
     """
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0, **kw):
-        super().__init__(size, device, seed, **kw)
+    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+        super().__init__(size, device, seed)
         self.rng = np.random.default_rng(seed)
         self.keys = torch.empty(0, device=self.device)  # the key-based selection is not used
 
-    def add(self, x, y, task_id, **extra) -> None:
+    def add(self, batch) -> None:
         if self.size == 0:
             return
-        n = len(y)
+        n = len(batch.y)
         pos = np.arange(self.seen, self.seen + n)
         self.seen += n
         slots = np.where(pos < self.size, pos, (self.rng.random(n) * (pos + 1)).astype(np.int64))
@@ -39,9 +39,9 @@ class Reservoir(SelectionBuffer):
             _, last = np.unique(slots[::-1], return_index=True)
             keep = np.sort(len(slots) - 1 - last)
             incoming, slots = incoming[keep], slots[keep]
-        x, y, task_id = (t.to(self.device) for t in (x, y, task_id))
+        x, y, task_id = (t.to(self.device) for t in (batch.x, batch.y, batch.task))
         self.write(torch.from_numpy(slots).to(self.device),
-                   torch.from_numpy(incoming).to(self.device), x, y, task_id, extra)
+                   torch.from_numpy(incoming).to(self.device), x, y, task_id, batch.extras)
         self.count = min(self.size, self.seen)
 
     def state_dict(self) -> dict:

@@ -1,32 +1,65 @@
-"""The method interface: a few named phases around one optimisation step."""
+"""The method kernel: a few named phases around one optimisation step, which the base owns."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.budget.flops import FlopCounter
+from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.base import Memory
-from cl_bench.methods.remedies import install as install_remedies
+from cl_bench.plugins.base import Plugin
+from cl_bench.schemas import schema
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 x, labels, task ids
+
+@schema("method", "method")
+@dataclass
+class MethodConf:
+    _target_: str = "???"
+    name: str = "???"
 
 
-class Method:
-    """Base class of every method. Owns the model, its optimiser and the memory.
+class _BuildAfterInit(type):
+    """Runs `Method._build` once the whole (subclass) constructor has run, so model
+    surgery, the optimiser and the FLOP counter see every attribute a method sets."""
 
-    Phases: `before_task(task)`, `observe(x, y, task_ids)` (one optimisation step on a
-    uint8 batch), `after_task(task)`, `predict(x)`. A subclass usually overrides only
-    `loss` and `after_step`. In task-IL every loss masks the logits to the classes of
-    the sample's own task.
+    def __call__(cls, *args, **kwargs):
+        method = super().__call__(*args, **kwargs)
+        method._build()
+        return method
+
+
+class Method(metaclass=_BuildAfterInit):
+    """Base class of every method: owns the model, its optimiser, the memory, the plugins
+    and the optimisation step.
+
+    Phases a method overrides (each optional):
+      `wrap_model(model)`   model surgery (after the plugins'), before the optimiser is
+                            built over the trainable parameters and the counter attaches;
+      `before_task(task)`, `train_data(task)` (the batch the budget draws from),
+      `loss(batch) -> {term: tensor}` (summed; each term logged as `loss_<term>`),
+      `after_backward(batch)` (between backward and step: projections, gradient masks),
+      `after_step(batch)` (memory updates, masks re-applied), `after_task(task)`,
+      `resume_task(task)` (a task a resumed run had completed),
+      `predict(x, task_ids=None)` (set `predict_needs_task_ids` to get task ids in task-IL).
+    The runner drives it through `begin_task`, `observe`, `end_task` and `skip_task`.
+    A method declares the memory capabilities it needs in `memory_needs` (checked here),
+    tags FLOPs with `self.flops(name)`, and may add auxiliary networks with their own
+    optimiser (`add_auxiliary`), which the base steps with the model.
     """
 
     supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
-    needs_memory = False
+    memory_needs: frozenset[str] = frozenset()
+    predict_needs_task_ids = False
 
     def __init__(
         self,
@@ -37,8 +70,9 @@ class Method:
         preprocess: Preprocess,
         class_mask: torch.Tensor,
         scenario: str,
+        counter: FlopCounter | None = None,
+        plugins: Sequence[Plugin] = (),
         name: str = "",
-        **options: object,
     ):
         self.name = name or type(self).__name__.lower()
         if scenario not in self.supported_scenarios:
@@ -46,70 +80,186 @@ class Method:
                 f"method={self.name} does not support scenario={scenario}; "
                 f"it supports {list(self.supported_scenarios)}"
             )
-        if self.needs_memory and memory.size == 0:
+        missing = self.memory_needs - memory.capabilities
+        if missing or (self.memory_needs and memory.size == 0):
             raise ValueError(
-                f"method={self.name} replays from memory but memory has size 0; "
-                "choose e.g. memory=reservoir memory.size=500"
+                f"method={self.name} needs a memory with {sorted(self.memory_needs)}, but "
+                f"memory={type(memory).__name__.lower()} (size {memory.size}) offers "
+                f"{sorted(memory.capabilities) if memory.size else 'nothing'}; "
+                f"{self.memory_hint}"
             )
         self.model = model
-        self.optimizer = optimizer(model.parameters())
+        self.make_optimizer = optimizer
         self.memory = memory
         self.preprocess = preprocess
         self.class_mask = class_mask
         self.scenario = scenario
-        install_remedies(self, optimizer, **options)  # stability-gap switches; off by default
+        self.counter = counter if counter is not None else FlopCounter()
+        self.plugins = list(plugins)
+        n_classes = class_mask.shape[1]
+        self.seen_mask = torch.zeros(n_classes, dtype=torch.bool, device=class_mask.device)
+        self.old_mask = self.seen_mask.clone()  # classes of tasks before the current one
+        self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
+        self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
 
-    # -- phases -------------------------------------------------------------------------
-    def before_task(self, task: Task) -> None:
-        pass
+    memory_hint = "choose e.g. memory=reservoir memory.size=500"
 
-    def train_data(self, task: Task) -> Batch:
-        """The tensors the budget draws this task's batches from."""
-        return task.train_x, task.train_y, torch.full_like(task.train_y, task.id)
+    def add_auxiliary(self, name: str, module: nn.Module,
+                      optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
+        """A network trained next to the model (e.g. a generator): its FLOPs are counted,
+        and with `optimizer` it is stepped with the model on the summed loss terms."""
+        self._auxiliary[name] = (module, optimizer)
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> dict:
-        """One optimisation step. Returns detached 0-d tensors (no host sync here)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x, y, task_ids)
-        loss.backward()
-        self.optimizer.step()
-        self.after_step(x, y, task_ids)
-        return {"loss": loss.detach()}
+    def _build(self) -> None:
+        for plugin in self.plugins:
+            plugin.setup(self)
+        for plugin in self.plugins:
+            self.model = plugin.wrap_model(self.model)
+        self.model = self.wrap_model(self.model)
+        self.optimizer = self.make_optimizer(self.trainable_parameters())
+        self.aux_optimizers = {name: make(module.parameters())
+                               for name, (module, make) in self._auxiliary.items() if make}
+        self.counter.attach(self.model)
+        for module, _ in self._auxiliary.values():
+            self.counter.attach(module)
 
-    def after_task(self, task: Task) -> None:
-        pass
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
 
-    def resume_task(self, task: Task) -> None:
-        """Called instead of training for each task a resumed run had completed, so a
-        method can rebuild per-task state its checkpoint does not hold."""
+    def reset_optimizer(self) -> None:
+        """A fresh optimiser over the trainable parameters (e.g. after re-initialising)."""
+        self.optimizer = self.make_optimizer(self.trainable_parameters())
+
+    # -- what the runner calls ------------------------------------------------------------
+    def begin_task(self, task: Task) -> None:
+        self.old_mask = self.seen_mask.clone()
+        self.seen_mask = self.seen_mask | self.class_mask[task.id]
+        for plugin in self.plugins:
+            plugin.before_task(task)
+        self.before_task(task)
+
+    def observe(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimisation step: zero_grad -> loss terms -> backward -> after_backward ->
+        step -> after_step. Returns the detached total `loss` and, when there are several,
+        the `terms` (no host sync here)."""
+        optimizers = [self.optimizer, *self.aux_optimizers.values()]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        terms = self.loss(batch)
+        for plugin in self.plugins:
+            terms.update(plugin.loss(batch))
+        if not terms:  # e.g. GDumb, which only fills its memory from the stream
+            self.after_step(batch)
+            for plugin in self.plugins:
+                plugin.after_step(batch)
+            return {"loss": torch.zeros((), device=batch.y.device)}
+        total = reduce(operator.add, terms.values())
+        total.backward()
+        self.after_backward(batch)
+        for plugin in self.plugins:
+            plugin.after_backward(batch)
+        for opt in optimizers:
+            opt.step()
+        self.after_step(batch)
+        for plugin in self.plugins:
+            plugin.after_step(batch)
+        out = {"loss": total.detach()}
+        if len(terms) > 1:
+            out["terms"] = {k: v.detach() for k, v in terms.items()}
+        return out
+
+    def end_task(self, task: Task) -> None:
+        self.after_task(task)
+        for plugin in self.plugins:
+            plugin.after_task(task)
+
+    def skip_task(self, task: Task) -> None:
+        """A task a resumed run had completed: its weights and state are loaded."""
+        self.old_mask = self.seen_mask.clone()
+        self.seen_mask = self.seen_mask | self.class_mask[task.id]
+        self.resume_task(task)
+        for plugin in self.plugins:
+            plugin.resume_task(task)
+
+    def predict(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over all classes for a preprocessed batch (a plugin may replace them)."""
+        for plugin in self.plugins:
+            logits = plugin.predict(x, task_ids)
+            if logits is not None:
+                return logits
+        return self.model(x)
 
     def state_dict(self) -> dict:
-        """Model, optimiser and memory state; subclasses add what else they hold."""
+        """Model, optimisers, memory and plugin state; subclasses add what else they hold."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "memory": self.memory.state_dict()}
+                "memory": self.memory.state_dict(),
+                "auxiliary": {name: module.state_dict()
+                              for name, (module, _) in self._auxiliary.items()},
+                "aux_optimizers": {k: o.state_dict() for k, o in self.aux_optimizers.items()},
+                "plugins": [p.state_dict() for p in self.plugins]}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.memory.load_state_dict(state["memory"])
+        for name, (module, _) in self._auxiliary.items():
+            module.load_state_dict(state["auxiliary"][name])
+        for name, opt in self.aux_optimizers.items():
+            opt.load_state_dict(state["aux_optimizers"][name])
+        for plugin, plugin_state in zip(self.plugins, state["plugins"], strict=True):
+            plugin.load_state_dict(plugin_state)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits over all classes for a preprocessed batch."""
-        return self.model(x)
+    # -- phases ---------------------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model
 
-    # -- what subclasses override -------------------------------------------------------
-    def loss(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy(self.forward(x), y, task_ids)
-
-    def after_step(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> None:
+    def before_task(self, task: Task) -> None:
         pass
 
-    # -- helpers ------------------------------------------------------------------------
+    def train_data(self, task: Task) -> Batch:
+        """The samples the budget draws this task's batches from."""
+        return Batch(task.train_x, task.train_y, torch.full_like(task.train_y, task.id))
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ce": self.cross_entropy(self.forward(batch.x), batch.y, batch.task)}
+
+    def after_backward(self, batch: Batch) -> None:
+        pass
+
+    def after_step(self, batch: Batch) -> None:
+        pass
+
+    def after_task(self, task: Task) -> None:
+        pass
+
+    def resume_task(self, task: Task) -> None:
+        """Rebuild per-task state the checkpoint does not hold."""
+
+    # -- helpers --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a uint8 training batch (normalised and augmented on the device)."""
         return self.model(self.preprocess(x, train=True))
 
     def cross_entropy(self, logits, y, task_ids) -> torch.Tensor:
+        """The classification loss; in task-IL over the sample's own task's classes. A
+        plugin (e.g. soft targets) may replace it."""
         if self.scenario == "task_il":
             logits = logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
+        for plugin in self.plugins:
+            loss = plugin.classification_loss(logits, y, task_ids)
+            if loss is not None:
+                return loss
         return F.cross_entropy(logits, y)
+
+    def replay(self, n: int, *extras: str) -> Batch:
+        """`n` samples from memory, with their indices when the memory wants losses back."""
+        return self.memory.sample(n, *extras, with_index=self.memory.wants_losses)
+
+    def report_losses(self, replayed: Batch, per_sample: torch.Tensor) -> None:
+        """Hand the replayed samples' per-sample losses to the memory (if it wants them)."""
+        if replayed.index is not None:
+            self.memory.update(replayed.index, loss=per_sample.detach())
+
+    def flops(self, component: str):
+        """Context: training FLOPs counted inside are tagged `component` (`flops_<name>`)."""
+        return self.counter.component(component)

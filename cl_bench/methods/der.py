@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from cl_bench.methods.base import Method
+from cl_bench.data.batch import Batch
+from cl_bench.methods.er import ER, ReplayConf
+from cl_bench.schemas import schema
 
 
-class DER(Method):
+@schema("method", "der")
+@dataclass
+class DERConf(ReplayConf):
+    alpha: float = 0.3  # weight of the logit-matching (MSE) term
+
+
+class DER(ER):
     """Dark Experience Replay (Buzzega et al., NeurIPS 2020, "Dark Experience for General
     Continual Learning"): memory holds the logits each sample had when it was stored, and
     replay matches them with an MSE term weighted by `alpha`."""
 
-    needs_memory = True
-
-    def __init__(self, replay_batch_size: int = 10, alpha: float = 0.3, **kw):
+    def __init__(self, alpha: float = 0.3, **kw):
         super().__init__(**kw)
-        self.replay_batch_size = replay_batch_size
         self.alpha = alpha
         self._logits = None
 
-    def loss(self, x, y, task_ids):
-        logits = self.forward(x)
+    def loss(self, batch):
+        logits = self.forward(batch.x)
         self._logits = logits.detach()
-        loss = self.cross_entropy(logits, y, task_ids)
+        terms = {"ce": self.cross_entropy(logits, batch.y, batch.task)}
         if len(self.memory):
-            mx, _, _, mz = self.memory.sample(self.replay_batch_size, "logits")
-            loss = loss + self.alpha * F.mse_loss(self.forward(mx), mz)
-        return loss
+            replayed = self.replay(self.replay_batch_size, "logits")
+            out = self.forward(replayed.x)
+            if replayed.index is not None:
+                self.report_losses(replayed, (out.detach() - replayed.logits).pow(2).mean(1))
+            terms["logit_replay"] = self.alpha * F.mse_loss(out, replayed.logits)
+        return terms
 
-    def after_step(self, x, y, task_ids):
-        self.memory.add(x, y, task_ids, logits=self._logits)
+    def after_step(self, batch):
+        self.memory.add(Batch(batch.x, batch.y, batch.task, {"logits": self._logits}))

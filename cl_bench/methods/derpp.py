@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from cl_bench.methods.der import DER
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from cl_bench.methods.der import DER, DERConf
+from cl_bench.schemas import schema
+
+
+@schema("method", "derpp")
+@dataclass
+class DERppConf(DERConf):
+    beta: float = 0.5  # weight of the replayed-label CE term
 
 
 class DERpp(DER):
@@ -13,9 +24,14 @@ class DERpp(DER):
         super().__init__(**kw)
         self.beta = beta
 
-    def loss(self, x, y, task_ids):
-        loss = super().loss(x, y, task_ids)
+    def loss(self, batch):
+        terms = super().loss(batch)
         if len(self.memory):
-            mx, my, mt = self.memory.sample(self.replay_batch_size)
-            loss = loss + self.beta * self.cross_entropy(self.forward(mx), my, mt)
-        return loss
+            replayed = self.replay(self.replay_batch_size)
+            logits = self.forward(replayed.x)
+            if replayed.index is not None:
+                self.report_losses(replayed, F.cross_entropy(logits.detach(), replayed.y,
+                                                             reduction="none"))
+            terms["label_replay"] = self.beta * self.cross_entropy(logits, replayed.y,
+                                                                   replayed.task)
+        return terms

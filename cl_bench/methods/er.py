@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from cl_bench.methods.base import Method
+from cl_bench.methods.base import Method, MethodConf
+from cl_bench.schemas import schema
+
+
+@schema("method", "replay")
+@dataclass
+class ReplayConf(MethodConf):
+    replay_batch_size: int = 10
 
 
 class ER(Method):
@@ -13,23 +21,22 @@ class ER(Method):
     Learning"): each step trains on the current batch joined with a batch sampled from
     memory; the current batch then enters memory under the memory's policy."""
 
-    needs_memory = True
+    memory_needs = frozenset({"add", "sample"})
 
     def __init__(self, replay_batch_size: int = 10, **kw):
         super().__init__(**kw)
         self.replay_batch_size = replay_batch_size
 
-    def loss(self, x, y, task_ids):
-        n_replay = 0
-        if len(self.memory):
-            mx, my, mt = self.memory.sample(self.replay_batch_size)
-            x, y, task_ids = torch.cat([x, mx]), torch.cat([y, my]), torch.cat([task_ids, mt])
-            n_replay = len(my)
-        logits = self.forward(x)
-        if n_replay and self.memory.wants_losses:  # e.g. carousel's loss-aware swaps
-            self.memory.observe_losses(F.cross_entropy(
-                logits[-n_replay:].detach(), y[-n_replay:], reduction="none"))
-        return self.cross_entropy(logits, y, task_ids)
+    def loss(self, batch):
+        if not len(self.memory):
+            return super().loss(batch)
+        replayed = self.replay(self.replay_batch_size)
+        joined = batch.cat(replayed)
+        logits = self.forward(joined.x)
+        if replayed.index is not None:  # e.g. carousel's loss-aware swaps
+            self.report_losses(replayed, F.cross_entropy(
+                logits[-len(replayed):].detach(), replayed.y, reduction="none"))
+        return {"ce": self.cross_entropy(logits, joined.y, joined.task)}
 
-    def after_step(self, x, y, task_ids):
-        self.memory.add(x, y, task_ids)
+    def after_step(self, batch):
+        self.memory.add(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cl_bench.methods.er import ER
 
@@ -13,11 +14,16 @@ class ERACE(ER):
     the classes present in that batch, so new classes do not push old logits down; the
     replayed batch uses the usual cross-entropy over all classes."""
 
-    def loss(self, x, y, task_ids):
-        logits = self.forward(x)
-        present = torch.bincount(y, minlength=logits.shape[1]) > 0
-        loss = self.cross_entropy(logits.masked_fill(~present, float("-inf")), y, task_ids)
+    def loss(self, batch):
+        logits = self.forward(batch.x)
+        present = torch.bincount(batch.y, minlength=logits.shape[1]) > 0
+        terms = {"ce": self.cross_entropy(logits.masked_fill(~present, float("-inf")),
+                                          batch.y, batch.task)}
         if len(self.memory):
-            mx, my, mt = self.memory.sample(self.replay_batch_size)
-            loss = loss + self.cross_entropy(self.forward(mx), my, mt)
-        return loss
+            replayed = self.replay(self.replay_batch_size)
+            out = self.forward(replayed.x)
+            if replayed.index is not None:
+                self.report_losses(replayed, F.cross_entropy(out.detach(), replayed.y,
+                                                             reduction="none"))
+            terms["replay"] = self.cross_entropy(out, replayed.y, replayed.task)
+        return terms

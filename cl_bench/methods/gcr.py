@@ -16,23 +16,25 @@ class GCR(DERpp):
     gradients of the replay loss (beta * CE + alpha * MSE to stored logits) match those
     of everything it represents."""
 
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        if not hasattr(self.memory, "consolidate"):
-            raise ValueError("method=gcr needs memory=coreset (weighted gradient coreset)")
+    memory_needs = frozenset({"add", "sample", "consolidate", "weights"})
+    memory_hint = "choose memory=coreset (weighted gradient coreset)"
 
-    def loss(self, x, y, task_ids):
-        logits = self.forward(x)
+    def loss(self, batch):
+        logits = self.forward(batch.x)
         self._logits = logits.detach()
-        loss = self.cross_entropy(logits, y, task_ids)
+        terms = {"ce": self.cross_entropy(logits, batch.y, batch.task)}
         if len(self.memory):
-            mx, _, _, mz, mw = self.memory.sample(self.replay_batch_size, "logits", "weight")
-            mse = (self.forward(mx) - mz).pow(2).mean(1)
-            loss = loss + self.alpha * (mw * mse).sum() / mw.sum()
-            mx, my, mt, mw = self.memory.sample(self.replay_batch_size, "weight")
-            ce = self.per_sample_ce(self.forward(mx), my, mt)
-            loss = loss + self.beta * (mw * ce).sum() / mw.sum()
-        return loss
+            replayed = self.replay(self.replay_batch_size, "logits", "weight")
+            mse = (self.forward(replayed.x) - replayed.logits).pow(2).mean(1)
+            self.report_losses(replayed, mse)
+            w = replayed.weight
+            terms["logit_replay"] = self.alpha * (w * mse).sum() / w.sum()
+            replayed = self.replay(self.replay_batch_size, "weight")
+            ce = self.per_sample_ce(self.forward(replayed.x), replayed.y, replayed.task)
+            self.report_losses(replayed, ce)
+            w = replayed.weight
+            terms["label_replay"] = self.beta * (w * ce).sum() / w.sum()
+        return terms
 
     def per_sample_ce(self, logits, y, task_ids):
         if self.scenario == "task_il":

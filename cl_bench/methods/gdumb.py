@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from cl_bench.methods.base import Method
+from cl_bench.methods.base import Method, MethodConf
+from cl_bench.schemas import schema
+
+
+@schema("method", "gdumb")
+@dataclass
+class GDumbConf(MethodConf):
+    epochs: int = 30  # epochs of retraining from scratch on the memory before each evaluation
+    batch_size: int = 32
 
 
 class GDumb(Method):
@@ -14,26 +24,33 @@ class GDumb(Method):
     is re-initialised and trained from scratch on the memory alone for `epochs` epochs of
     `batch_size` (these steps count as training FLOPs)."""
 
-    needs_memory = True
+    memory_needs = frozenset({"add"})
+    memory_hint = "choose memory=class_balanced (GDumb's sampler)"
 
     def __init__(self, epochs: int = 30, batch_size: int = 32, **kw):
-        self.make_optimizer = kw["optimizer"]
         super().__init__(**kw)
         self.epochs = epochs
         self.batch_size = batch_size
+        self.retraining = False
 
-    def observe(self, x, y, task_ids):
-        self.memory.add(x, y, task_ids)
-        return {"loss": torch.zeros((), device=y.device)}
+    def loss(self, batch):
+        return super().loss(batch) if self.retraining else {}  # the stream only fills memory
+
+    def after_step(self, batch):
+        if not self.retraining:
+            self.memory.add(batch)
 
     def after_task(self, task):
         for module in self.model.modules():
             if module is not self.model and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        self.optimizer = self.make_optimizer(self.model.parameters())
-        n = len(self.memory)
-        x, y, t = self.memory.x[:n], self.memory.y[:n], self.memory.task[:n]
-        for _ in range(self.epochs):
-            order = torch.randperm(n, device=y.device)
-            for idx in order.split(self.batch_size):
-                super().observe(x[idx], y[idx], t[idx])
+        self.reset_optimizer()
+        held = self.memory.stored()
+        self.retraining = True
+        try:
+            for _ in range(self.epochs):
+                order = torch.randperm(len(held), device=held.y.device)
+                for idx in order.split(self.batch_size):
+                    self.observe(held[idx])
+        finally:
+            self.retraining = False

@@ -15,15 +15,12 @@ class IncrementalJoint(Method):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self._past: list[tuple[torch.Tensor, ...]] = []
+        self._past: list = []
 
-    def loss(self, x, y, task_ids):
-        parts = [(x, y, task_ids)]
-        for px, py, pt in self._past:
-            idx = torch.randint(len(py), (len(y),), device=py.device)
-            parts.append((px[idx], py[idx], pt[idx]))
-        x, y, task_ids = (torch.cat(p) for p in zip(*parts, strict=True))
-        return self.cross_entropy(self.forward(x), y, task_ids)
+    def loss(self, batch):
+        picks = [past[torch.randint(len(past), (len(batch),), device=past.y.device)]
+                 for past in self._past]
+        return super().loss(batch.cat(*picks))
 
     def after_task(self, task):
         self._past.append(self.train_data(task))

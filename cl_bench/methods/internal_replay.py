@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from cl_bench.methods.latent_replay import LatentReplay
+from dataclasses import dataclass
+
+from cl_bench.methods.latent_replay import LatentReplay, LatentReplayConf
+from cl_bench.schemas import schema
+
+
+@schema("method", "internal_replay")
+@dataclass
+class InternalReplayConf(LatentReplayConf):
+    replay_level: int = 0
 
 
 class InternalReplay(LatentReplay):

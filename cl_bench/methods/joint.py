@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from cl_bench.methods.base import Method
 
 
@@ -13,11 +11,11 @@ class Joint(Method):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self._seen: list = []
+        self._parts: list = []
 
     def train_data(self, task):
-        self._seen.append(super().train_data(task))
-        return tuple(torch.cat(parts) for parts in zip(*self._seen, strict=False))
+        self._parts.append(super().train_data(task))
+        return self._parts[0].cat(*self._parts[1:])
 
     def resume_task(self, task):
-        self._seen.append(super().train_data(task))
+        self._parts.append(super().train_data(task))

@@ -6,18 +6,37 @@ Progressive Latent Replay, Pawlak et al., 2022)."""
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
-from pathlib import Path
+import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from cl_bench.methods.base import Method
+from cl_bench.methods.base import Method, MethodConf
 from cl_bench.models.cvae import LevelVAE
 from cl_bench.models.levels import LevelView
+from cl_bench.schemas import schema
 
 TARGETS = ("from_a0", "from_injected_level")
 PARTITIONS = ("batch_split", "temporal")
+
+
+@schema("method", "latent_replay")
+@dataclass
+class LatentReplayConf(MethodConf):
+    """generative_replay / internal_replay / plr."""
+    replay_batch_size: int = 128
+    z_dim: int = 100
+    generator_lr: float = 0.001
+    per_class_prior: bool = True
+    gate_prop: float = 0.0
+    distill: bool = True
+    temperature: float = 2.0
+    decode_to_level: bool = True
+    targets: str = "from_injected_level"  # from_a0 | from_injected_level
+    partition: str = "batch_split"  # batch_split | temporal
+    save_samples: bool = True
+    seed: int = 0
 
 
 def chunk_sizes(f: list[float], n: int) -> list[int]:
@@ -59,11 +78,12 @@ class LatentReplay(Method):
 
     A replay minibatch of `replay_batch_size` is split by injection level with
     frequencies `self.frequencies` (f_0 .. f_{L-1}, summing to 1). On task t the loss is
-    (1/t) CE(current) + (1 - 1/t) KD_T(replay, previous classifier). The generator takes
-    one step per iteration on the current batch's levels a_0 .. a_{L-1} (read from the
-    classifier's own pass) and on its previous copy's samples, weighted the same way.
-    FLOPs are tagged `current`, `replay` (generator sampling + classifier replay pass),
-    `teacher` and `generator_train`.
+    (1/t) CE(current) + (1 - 1/t) KD_T(replay, previous classifier). The generator, an
+    auxiliary network the base steps with the classifier, trains on the current batch's
+    levels a_0 .. a_{L-1} (read from the classifier's own pass) and on its previous copy's
+    samples, weighted the same way (loss term `generator`). FLOPs are tagged `current`,
+    `replay` (generator sampling + classifier replay pass), `teacher` and
+    `generator_train`.
     """
 
     supported_scenarios = ("class_il", "task_il")
@@ -79,52 +99,49 @@ class LatentReplay(Method):
             raise ValueError(f"method.targets={targets!r}: choose one of {list(TARGETS)}")
         if partition not in PARTITIONS:
             raise ValueError(f"method.partition={partition!r}: choose one of {list(PARTITIONS)}")
-        self.view = LevelView(self.model)
-        device = next(self.model.parameters()).device
-        self.generator = LevelVAE(self.view.dims, self.class_mask.shape[1], z_dim,
-                                  per_class_prior, gate_prop, seed).to(device)
-        self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=generator_lr)
+        self.generator_options = dict(z_dim=z_dim, per_class_prior=per_class_prior,
+                                      gate_prop=gate_prop, seed=seed)
+        self.generator_lr = generator_lr
         self.replay_batch_size = replay_batch_size
         self.use_distill, self.temperature = distill, temperature
         self.decode_to_level, self.targets, self.partition = decode_to_level, targets, partition
         self.save_samples = save_samples
+        self.view = LevelView(self.model)
         self.frequencies = [1.0] + [0.0] * (self.view.n_levels - 1)
         self.prev_model = self.prev_view = self.prev_generator = None
         self.task_count = 0
         self.credits = torch.zeros(self.view.n_levels, dtype=torch.float64)
-        self.counter = None
-        self.run_dir: Path | None = None
+        device = next(self.model.parameters()).device
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
-    def bind_run(self, counter, run_dir) -> None:
-        self.counter, self.run_dir = counter, Path(run_dir)
-        counter.attach(self.generator)
-
-    def _tag(self, name: str):
-        return self.counter.component(name) if self.counter else nullcontext()
+    def wrap_model(self, model):
+        """The level view and the generator are built on the model as plugins left it."""
+        self.view = LevelView(model)
+        device = next(model.parameters()).device
+        self.generator = LevelVAE(self.view.dims, self.class_mask.shape[1],
+                                  **self.generator_options).to(device)
+        self.add_auxiliary("generator", self.generator,
+                           functools.partial(torch.optim.Adam, lr=self.generator_lr))
+        return model
 
     # -- phases ----------------------------------------------------------------------------
     def before_task(self, task):
         self.task_count += 1
-        mask = self.class_mask[: task.id + 1].any(0)
-        self.active = mask
-        self.old_classes = self.class_mask[: task.id].any(0).nonzero().flatten()
+        self.active = self.seen_mask
+        self.old_classes = self.old_mask.nonzero().flatten()
 
-    def observe(self, x, y, task_ids):
-        self.input_shape = tuple(x.shape[1:])
+    def loss(self, batch):
+        self.input_shape = tuple(batch.x.shape[1:])
         w = 1.0 / self.task_count
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._tag("current"):
-            acts, logits = self.view.levels(self.preprocess(x, train=True))
+        with self.flops("current"):
+            acts, logits = self.view.levels(self.preprocess(batch.x, train=True))
             if self.scenario == "class_il":
                 logits = logits.masked_fill(~self.active, float("-inf"))
-            loss = self.cross_entropy(logits, y, task_ids)
+            loss = self.cross_entropy(logits, batch.y, batch.task)
         if self.prev_model is not None:
             loss = w * loss + (1 - w) * self.replay_loss()
-        loss.backward()
-        self.optimizer.step()
-        self.generator_step([a.detach() for a in acts], y, w)
-        return {"loss": loss.detach()}
+        return {"classifier": loss,
+                "generator": self.generator_loss([a.detach() for a in acts], batch.y, w)}
 
     def replay_loss(self) -> torch.Tensor:
         n = self.replay_batch_size
@@ -134,7 +151,7 @@ class LatentReplay(Method):
         else:
             sizes = chunk_sizes(self.frequencies, n)
         full = self.targets == "from_a0" or not self.decode_to_level
-        with torch.no_grad(), self._tag("replay"):
+        with torch.no_grad(), self.flops("replay"):
             z, yr = self.prev_generator.sample_z(n, self.old_classes, self.gen)
             chunks, bottoms, start = [], [], 0
             for k, size in enumerate(sizes):
@@ -144,9 +161,9 @@ class LatentReplay(Method):
                     chunks.append((k, levels[k]))
                     bottoms.append((0, levels[0]) if self.targets == "from_a0" else (k, levels[k]))
                     start += size
-        with self._tag("replay"):
+        with self.flops("replay"):
             logits = classify_chunks(self.view, chunks)
-        with torch.no_grad(), self._tag("teacher"):
+        with torch.no_grad(), self.flops("teacher"):
             targets = classify_chunks(self.prev_view, bottoms)
         # logits over the classes seen so far, the old ones first (labels are task-ordered)
         logits, targets = logits[:, self.active], targets[:, self.old_classes]
@@ -154,25 +171,28 @@ class LatentReplay(Method):
             return distill(logits, targets, self.temperature)
         return F.cross_entropy(logits, targets.argmax(1))
 
-    def generator_step(self, acts, y, w) -> None:
-        with self._tag("generator_train"):
+    def generator_loss(self, acts, y, w) -> torch.Tensor:
+        with self.flops("generator_train"):
             loss = self.generator.loss(acts, y)
             if self.prev_generator is not None:
                 with torch.no_grad():
                     z, yr = self.prev_generator.sample_z(len(y), self.old_classes, self.gen)
                     levels = self.prev_generator.decode(z, yr)
                 loss = w * loss + (1 - w) * self.generator.loss(levels, yr)
-            self.gen_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.gen_optimizer.step()
+        return loss
 
     def after_task(self, task):
-        memo = {id(self.counter): self.counter} if self.counter else {}
+        self.snapshot()
+        if self.save_samples and self.output_dir is not None:
+            self.save_grid(task.id)
+
+    def snapshot(self) -> None:
+        """Frozen copies of the classifier and the generator: the teacher and the replay
+        source of the next task (their FLOPs go to the same counter)."""
+        memo = {id(self.counter): self.counter}
         self.prev_model = copy.deepcopy(self.model, memo).eval().requires_grad_(False)
         self.prev_view = LevelView(self.prev_model)
         self.prev_generator = copy.deepcopy(self.generator, memo).requires_grad_(False)
-        if self.save_samples and self.run_dir is not None:
-            self.save_grid(task.id)
 
     # -- output ----------------------------------------------------------------------------
     def save_grid(self, task_id: int, per_class: int = 8) -> None:
@@ -184,20 +204,18 @@ class LatentReplay(Method):
         from torchvision.utils import save_image
 
         classes = self.active.nonzero().flatten().repeat_interleave(per_class)
-        if self.counter:
-            self.counter.enabled = False
+        self.counter.enabled = False
         with torch.no_grad():
             a0 = self.generator.decode(self.generator.z_for(classes, self.gen), classes)[0]
-        if self.counter:
-            self.counter.enabled = True
+        self.counter.enabled = True
         img = (a0.view(-1, *shape) + self.preprocess.shift) / self.preprocess.scale / 255
-        save_image(img.clamp(0, 1), self.run_dir / f"samples_task{task_id}.png", nrow=per_class)
+        save_image(img.clamp(0, 1), self.output_dir / f"samples_task{task_id}.png",
+                   nrow=per_class)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state.update(generator=self.generator.state_dict(),
-                     gen_optimizer=self.gen_optimizer.state_dict(), task_count=self.task_count,
-                     credits=self.credits.clone(), sample_rng=self.gen.get_state(),
+        state.update(task_count=self.task_count, credits=self.credits.clone(),
+                     sample_rng=self.gen.get_state(),
                      prev_model=self.prev_model.state_dict() if self.prev_model else None,
                      prev_generator=(self.prev_generator.state_dict()
                                      if self.prev_generator else None))
@@ -205,14 +223,9 @@ class LatentReplay(Method):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.generator.load_state_dict(state["generator"])
-        self.gen_optimizer.load_state_dict(state["gen_optimizer"])
         self.task_count, self.credits = state["task_count"], state["credits"].clone()
         self.gen.set_state(state["sample_rng"])
         if state["prev_model"] is not None:
-            memo = {id(self.counter): self.counter} if self.counter else {}
-            self.prev_model = copy.deepcopy(self.model, memo).eval().requires_grad_(False)
+            self.snapshot()
             self.prev_model.load_state_dict(state["prev_model"])
-            self.prev_view = LevelView(self.prev_model)
-            self.prev_generator = copy.deepcopy(self.generator, memo).requires_grad_(False)
             self.prev_generator.load_state_dict(state["prev_generator"])

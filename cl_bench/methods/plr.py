@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from cl_bench.methods.latent_replay import LatentReplay
+from dataclasses import dataclass
+
+from cl_bench.methods.latent_replay import LatentReplay, LatentReplayConf
+from cl_bench.schemas import schema
 
 RULES = ("uniform", "cumulative_weights", "total_weights", "explicit")
 
@@ -27,6 +30,13 @@ def plr_frequencies(rule: str, param_counts: list[int],
     else:
         raise ValueError(f"method.rule={rule!r}: choose one of {list(RULES)}")
     return [r / sum(raw) for r in raw]
+
+
+@schema("method", "plr")
+@dataclass
+class PLRConf(LatentReplayConf):
+    rule: str = "cumulative_weights"  # uniform | cumulative_weights | total_weights | explicit
+    frequencies: list[float] | None = None  # for rule=explicit: f_0 .. f_{L-1}
 
 
 class PLR(LatentReplay):

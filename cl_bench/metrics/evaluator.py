@@ -88,30 +88,37 @@ class Evaluator:
             torch.tensor([min(probe_size, len(t.test_y)) for t in stream]), 0
         ).tolist()
 
-    def full(self, predict) -> dict[str, torch.Tensor]:
-        """Accuracy on the whole test set of every task of the stream."""
-        return self._score(predict, *self.test, n_tasks=self.n_tasks)
+    def full(self, predict, task_aware: bool = False) -> dict[str, torch.Tensor]:
+        """Accuracy on the whole test set of every task of the stream. `task_aware`:
+        `predict(x, task_ids)` is called for task-IL (a second pass) and `predict(x)` for
+        the others."""
+        return self._score(predict, *self.test, n_tasks=self.n_tasks, task_aware=task_aware)
 
-    def probes(self, predict, n_seen: int) -> dict[str, torch.Tensor]:
+    def probes(self, predict, n_seen: int, task_aware: bool = False) -> dict[str, torch.Tensor]:
         """Accuracy on the probes of the first `n_seen` tasks."""
         end = self.probe_ends[n_seen - 1]
         x, y, t = (p[:end] for p in self.probe)
         with self.probe_autocast():
-            return self._score(predict, x, y, t, n_tasks=n_seen, ready=True)
+            return self._score(predict, x, y, t, n_tasks=n_seen, ready=True,
+                               task_aware=task_aware)
 
     @torch.inference_mode()
-    def _score(self, predict, x, y, task_ids, n_tasks, ready=False) -> dict[str, torch.Tensor]:
+    def _score(self, predict, x, y, task_ids, n_tasks, ready=False,
+               task_aware=False) -> dict[str, torch.Tensor]:
         """`ready`: x is already preprocessed."""
         correct = {s: torch.zeros(n_tasks, device=y.device) for s in self.scenarios}
         with self.counter.evaluating():
             for b in range(0, len(y), self.batch_size):
                 sl = slice(b, b + self.batch_size)
-                logits = predict(x[sl] if ready else self.preprocess(x[sl]))
+                xb = x[sl] if ready else self.preprocess(x[sl])
                 yb, tb = y[sl], task_ids[sl]
+                logits = predict(xb)
                 for scenario in self.scenarios:
                     scored = logits
                     if scenario == "task_il":
-                        scored = logits.masked_fill(~self.class_mask[tb], float("-inf"))
+                        if task_aware:
+                            scored = predict(xb, tb)
+                        scored = scored.masked_fill(~self.class_mask[tb], float("-inf"))
                     hit = (scored.argmax(1) == yb).float()
                     correct[scenario] += torch.bincount(tb, hit, minlength=n_tasks)
         totals = torch.bincount(task_ids, minlength=n_tasks).clamp(min=1).float()

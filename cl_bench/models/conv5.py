@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from cl_bench.schemas import schema
 
 CHANNELS = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2)]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -60,7 +63,7 @@ class Conv5Frozen(nn.Module):
     [Linear -> ReLU] x len(hidden) -> Linear head: BI-R's 1024-2000-2000-100 classifier."""
 
     def __init__(self, input_shape, n_classes: int, hidden=(2000, 2000),
-                 weights: str | None = None, **_):
+                 weights: str | None = None):
         super().__init__()
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"model=conv5_frozen needs 3x32x32 inputs, got {tuple(input_shape)}")
@@ -85,3 +88,12 @@ class Conv5Frozen(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+@schema("model", "conv5_frozen")
+@dataclass
+class Conv5FrozenConf:
+    _target_: str = "cl_bench.models.conv5.Conv5Frozen"
+    name: str = "conv5_frozen"
+    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    weights: str | None = None

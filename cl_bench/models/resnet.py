@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
-import torchvision
 from torch import nn
+
+from cl_bench.schemas import schema
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +35,7 @@ class ReducedResNet18(nn.Module):
     """ResNet-18 with `nf` base filters (nf=20: the reduced ResNet-18 of GEM,
     Lopez-Paz & Ranzato, 2017, used across CL papers), 3x3 stem, no max-pool."""
 
-    def __init__(self, input_shape, n_classes: int, nf: int = 20, **_):
+    def __init__(self, input_shape, n_classes: int, nf: int = 20):
         super().__init__()
         in_ch = input_shape[0]
         self.conv1 = nn.Conv2d(in_ch, nf, 3, 1, 1, bias=False)
@@ -59,8 +62,10 @@ class ResNet18(nn.Module):
     """torchvision's ResNet-18 (He et al., 2016) with the CIFAR stem: 3x3 stride-1 first
     conv and no max-pool."""
 
-    def __init__(self, input_shape, n_classes: int, **_):
+    def __init__(self, input_shape, n_classes: int):
         super().__init__()
+        import torchvision  # here: importing it costs startup time for every other model
+
         net = torchvision.models.resnet18(num_classes=n_classes)
         net.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
@@ -74,3 +79,18 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.head(self.backbone(x))
+
+
+@schema("model", "resnet18_reduced")
+@dataclass
+class ReducedResNetConf:
+    _target_: str = "cl_bench.models.resnet.ReducedResNet18"
+    name: str = "resnet18_reduced"
+    nf: int = 20
+
+
+@schema("model", "resnet18")
+@dataclass
+class ResNetConf:
+    _target_: str = "cl_bench.models.resnet.ResNet18"
+    name: str = "resnet18"

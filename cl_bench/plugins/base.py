@@ -1,0 +1,72 @@
+"""The plugin interface: the method's phases, implemented in part, with state of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cl_bench.data.batch import Batch
+from cl_bench.data.stream import Task
+
+
+@dataclass
+class PluginConf:
+    """Schema base of every plugin (`conf/plugin/<name>.yaml`, placed at `plugins.<name>`)."""
+
+    _target_: str = "???"
+
+
+class Plugin:
+    """A part that composes with any method: it implements some of the method's phases
+    and keeps its own state (`state_dict`, checkpointed with the run). The method calls
+    its plugins, in config order, after its own phase for `after_*` phases and before it
+    for `before_task`; `loss` terms are added to the method's; `predict` and
+    `classification_loss` replace the method's when they return a tensor.
+
+    `setup(method)` binds the plugin to its method before model surgery; `self.method`
+    then gives the model, memory, class masks (`seen_mask`, `old_mask`) and FLOP counter.
+    """
+
+    method = None
+
+    def setup(self, method) -> None:
+        self.method = method
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Model surgery, before the optimiser is built and the FLOP counter attaches."""
+        return model
+
+    def before_task(self, task: Task) -> None:
+        pass
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Extra loss terms for this step (each logged as `loss_<term>`)."""
+        return {}
+
+    def after_backward(self, batch: Batch) -> None:
+        pass
+
+    def after_step(self, batch: Batch) -> None:
+        pass
+
+    def after_task(self, task: Task) -> None:
+        pass
+
+    def resume_task(self, task: Task) -> None:
+        """A task a resumed run had completed (weights already loaded)."""
+
+    def classification_loss(self, logits, y, task_ids) -> torch.Tensor | None:
+        """Replaces the method's cross-entropy (logits already masked in task-IL)."""
+        return None
+
+    def predict(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Replaces the method's prediction."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
