@@ -14,10 +14,13 @@ ACC_COLUMNS = ["train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_
 CURVE_COLUMNS = ["step", "train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_il",
                  "acc_domain_il"]
 TRAIN_COLUMNS = ["step", "train_task", "loss", "flops_cumulative", "seconds"]
-# cumulative training FLOPs by component (budget/flops.py `FlopCounter.component`);
-# 0 for a method that tags none of its passes
+# The component columns the runner wrote before train.csv took any column (kept for its
+# import; the header no longer depends on it).
 COMPONENT_COLUMNS = ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]
-TRAIN_COLUMNS += COMPONENT_COLUMNS
+# A column first seen mid-run is 0 in the rows written before it when it names a cumulative
+# FLOP count (a component's FLOPs before its first tagged pass are 0) and empty otherwise
+# (a loss term not computed then).
+ZERO_FILLED_PREFIX = "flops_"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -26,33 +29,58 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and whole rows of a CSV file (a row missing fields is a half row: dropped)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if None not in r.values() and None not in r]
+        return list(reader.fieldnames or []), rows
+
+
 class CSVLogger:
     """Appends rows to acc_matrix.csv, curves.csv and train.csv (flushed per call, so a
-    crash never leaves a half row) and writes summary.csv/json atomically."""
+    crash never leaves a half row) and writes summary.csv/json atomically.
+
+    acc_matrix.csv and curves.csv have fixed columns. train.csv starts with `TRAIN_COLUMNS`
+    followed by every further key the rows bring (`flops_<component>`,
+    `flops_dense_cumulative`, `loss_<term>`, ...) in order of first appearance; a new key
+    rewrites the file atomically with the wider header (see `ZERO_FILLED_PREFIX` for the
+    earlier rows' cells), which happens a handful of times per run."""
 
     def __init__(self, run_dir: str | Path, keep_through_task: int | None = None):
         """`keep_through_task=k` continues existing files, dropping rows of tasks after k
-        (a resumed run); None starts them afresh."""
+        (a resumed run) and keeping train.csv's columns; None starts them afresh."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._files = {}
         self._writers = {}
+        self._columns = {}
         for name, columns in (("acc_matrix", ACC_COLUMNS), ("curves", CURVE_COLUMNS),
                               ("train", TRAIN_COLUMNS)):
             path = self.run_dir / f"{name}.csv"
             kept = []
             if keep_through_task is not None and path.is_file():
-                with open(path, newline="") as f:
-                    kept = [r for r in csv.DictReader(f)
-                            if r.get("train_task") and int(r["train_task"]) <= keep_through_task]
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write(path, buf.getvalue())
-            f = open(path, "a", newline="")
-            self._files[name] = f
-            self._writers[name] = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
+                header, rows = _read(path)
+                kept = [r for r in rows
+                        if r.get("train_task") and int(r["train_task"]) <= keep_through_task]
+                if name == "train":
+                    columns = columns + [c for c in header if c not in columns]
+            self._start(name, list(columns), kept)
+
+    def _start(self, name: str, columns: list[str], rows: list[dict]) -> None:
+        """(Re)writes `name`.csv atomically with `columns` and `rows`, then appends to it."""
+        if name in self._files:
+            self._files[name].close()
+        path = self.run_dir / f"{name}.csv"
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, buf.getvalue())
+        f = open(path, "a", newline="")
+        self._files[name] = f
+        self._writers[name] = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
+        self._columns[name] = columns
 
     def _write(self, name: str, rows: list[dict]) -> None:
         self._writers[name].writerows(rows)
@@ -65,7 +93,19 @@ class CSVLogger:
         self._write("curves", rows)
 
     def log_train_rows(self, rows: list[dict]) -> None:
-        self._write("train", rows)
+        """Appends `rows`; a key not yet in the header widens it first (the file is rewritten
+        atomically together with these rows, so it never holds a half row)."""
+        columns = self._columns["train"]
+        new = []
+        for row in rows:
+            new += [k for k in row if k not in columns and k not in new]
+        if not new:
+            self._write("train", rows)
+            return
+        fill = {k: 0 if k.startswith(ZERO_FILLED_PREFIX) else "" for k in new}
+        self._files["train"].flush()
+        _, earlier = _read(self.run_dir / "train.csv")
+        self._start("train", columns + new, [{**fill, **row} for row in [*earlier, *rows]])
 
     def log_summary(self, summary: dict) -> None:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
