@@ -19,9 +19,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cl_bench
-from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.budget.budget import Budget
 from cl_bench.budget.flops import FlopCounter
+from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
@@ -88,7 +88,7 @@ def scenario_of(cfg: DictConfig) -> str:
 
 
 def build_stream(cfg: DictConfig) -> TaskStream:
-    stream = _build(cfg.benchmark, ("scenario", "augment"), root=cfg.data.root,
+    stream = instantiate_part(cfg.benchmark, ("scenario", "augment"), root=cfg.data.root,
                     download=cfg.data.download)
     scenario = scenario_of(cfg)
     if scenario not in stream.scenarios:
@@ -112,13 +112,20 @@ class Parts:
     evaluator: Evaluator
 
 
-def _build(node: DictConfig, runner_keys: tuple[str, ...] = ("name",), **kwargs):
+def instantiate_part(node: DictConfig, runner_keys: tuple[str, ...] = ("name",), **kwargs):
     """`instantiate(node)` without the keys the runner reads itself (`name` identifies
     the option; a benchmark's `scenario` and `augment` configure the runner), so the
     part's constructor sees exactly its own options and rejects anything else."""
     own = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
            if k not in runner_keys}
     return instantiate(own, **kwargs)
+
+
+def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
+    """The memory of `cfg`; one that keeps files (carousel) gets the run directory."""
+    stores_files = get_class(cfg.memory._target_).stores_files
+    return instantiate_part(cfg.memory, device=device, seed=cfg.seed,
+                            **({"run_dir": str(run_dir)} if stores_files else {}))
 
 
 def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
@@ -128,16 +135,14 @@ def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
     stream = build_stream(cfg)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
     class_mask = stream.class_mask(device)
-    model = _build(cfg.model, input_shape=stream.input_shape,
+    model = instantiate_part(cfg.model, input_shape=stream.input_shape,
                    n_classes=stream.n_classes).to(device)
-    budget = _build(cfg.budget)
-    memory_cls = get_class(cfg.memory._target_)
-    memory = _build(cfg.memory, device=device, seed=cfg.seed,
-                    **({"run_dir": str(run_dir)} if memory_cls.stores_files else {}))
-    plugins = [_build(node, ()) for node in cfg.plugins.values()]
+    budget = instantiate_part(cfg.budget)
+    memory = build_memory(cfg, device, run_dir)
+    plugins = [instantiate_part(node, ()) for node in cfg.plugins.values()]
     if getattr(model, "head_kind", "linear") == "nmc":  # model.head=nmc: predict by class means
         plugins.append(NMCHead(bank_size=max(memory.size, 500)))
-    method = _build(
+    method = instantiate_part(
         cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
         preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
         counter=budget.counter, plugins=plugins, name=cfg.method.name,
@@ -316,7 +321,8 @@ class Run:
         self._log("log_train_rows", [{
             "step": self.state.step, "train_task": task_id, "loss": means.pop("loss"),
             "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
-            **counter.component_columns(), **{f"loss_{k}": v for k, v in means.items()},
+            "flops_dense_cumulative": counter.train_flops_dense, **counter.component_columns(),
+            **{f"loss_{k}": v for k, v in means.items()},
         }])
 
     def _finish(self, parts: Parts) -> None:
@@ -333,6 +339,7 @@ class Run:
             write_stability_plot(self.run_dir)
         self.summary.update(
             train_flops=counter.train_flops,
+            train_flops_dense=counter.train_flops_dense,
             eval_flops=counter.eval_flops,
             memory_bytes=parts.memory.nbytes,
             steps=state.step,

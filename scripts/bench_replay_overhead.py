@@ -15,14 +15,16 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from cl_bench.cli import CONF_DIR
+from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
-from cl_bench.experiment import build_stream
+from cl_bench.experiment import build_memory, build_stream, instantiate_part
 
 
 def main() -> None:
@@ -38,31 +40,31 @@ def main() -> None:
                                            "device=cpu"])
     stream = build_stream(cfg)
     preprocess = Preprocess(stream.mean, stream.std, "cpu")
-    model = instantiate(cfg.model, input_shape=stream.input_shape, n_classes=stream.n_classes)
+    model = instantiate_part(cfg.model, input_shape=stream.input_shape,
+                             n_classes=stream.n_classes)
     with tempfile.TemporaryDirectory() as run_dir:
-        memory = instantiate(cfg.memory, device="cpu", seed=0, run_dir=run_dir)
-        method = instantiate(cfg.method, model=model, optimizer=instantiate(cfg.optimizer),
-                             memory=memory, preprocess=preprocess,
-                             class_mask=stream.class_mask(), scenario="class_il")
+        memory = build_memory(cfg, "cpu", Path(run_dir))
+        method = instantiate_part(cfg.method, model=model, optimizer=instantiate(cfg.optimizer),
+                                  memory=memory, preprocess=preprocess,
+                                  class_mask=stream.class_mask(), scenario="class_il")
         task = stream.tasks[0]
-        x, y = task.train_x, task.train_y
-        t = torch.zeros_like(y)
-        for b in range(0, len(y), 10):  # fill the memory (12,665 samples offered)
-            memory.add(x[b : b + 10], y[b : b + 10], t[b : b + 10])
+        data = Batch(task.train_x, task.train_y, torch.zeros_like(task.train_y))
+        for b in range(0, len(data), 10):  # fill the memory (12,665 samples offered)
+            memory.add(data[b : b + 10])
         gen = torch.Generator().manual_seed(0)
         # the incoming batches are gathered up front: fetching them is the runner's work
-        batches = [(x[i], y[i], t[i]) for i in
-                   (torch.randint(0, len(y), (10,), generator=gen) for _ in range(args.steps))]
+        batches = [data[i] for i in
+                   (torch.randint(0, len(data), (10,), generator=gen) for _ in range(args.steps))]
         step_times, memory_times = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
             for batch in batches:
-                method.observe(*batch)
+                method.observe(batch)
             step_times.append((time.perf_counter() - start) / args.steps)
             start = time.perf_counter()
             for batch in batches:
                 memory.sample(method.replay_batch_size)
-                memory.add(*batch)
+                memory.add(batch)
             memory_times.append((time.perf_counter() - start) / args.steps)
         if hasattr(memory, "close"):
             memory.close()

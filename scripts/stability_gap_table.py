@@ -20,17 +20,17 @@ from _pool import run_all
 
 CONFIGS = {
     "er": ["method=er"],
-    "sgm (all four switches, LoRA r=8)": ["method=sgm"],
-    "sgm, LoRA r=32": ["method=sgm", "method.lora.rank=32"],
-    "sgm, LoRA r=128": ["method=sgm", "method.lora.rank=128"],
-    "sgm, LoRA r=256": ["method=sgm", "method.lora.rank=256"],
+    "sgm (all four plugins, LoRA r=8)": ["method=sgm"],
+    "sgm, LoRA r=32": ["method=sgm", "plugins.lora.rank=32"],
+    "sgm, LoRA r=128": ["method=sgm", "plugins.lora.rank=128"],
+    "sgm, LoRA r=256": ["method=sgm", "plugins.lora.rank=256"],
     "sgm without LoRA (class-mean init + frozen old rows + soft targets)": [
-        "method=sgm", "method.lora.rank=0"],
-    "er + LoRA r=8 alone": ["method=er", "method.lora.rank=8"],
+        "method=sgm", "plugin=[class_mean_init,freeze_old_rows,soft_targets]"],
+    "er + LoRA r=8 alone": ["method=er", "plugin=[lora]"],
     # control for SGM's hypothesis H2 (hidden-layer plasticity causes the gap): the hidden
     # layers frozen after task 0 (a LoRA update scaled to nothing)
     "er, hidden layers frozen after task 0": [
-        "method=er", "method.lora.rank=8", "method.lora.alpha=0.001"],
+        "method=er", "plugin=[lora]", "plugins.lora.alpha=0.001"],
     "er, model.head=nmc": ["method=er", "model.head=nmc"],
 }
 METRICS = ["min_acc_class_il", "gap_depth_class_il", "wc_acc_class_il", "acc_class_il"]

@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import torch
 
+from cl_bench.data.batch import Batch
 from cl_bench.memory.carousel import Carousel
 
 
@@ -12,7 +13,7 @@ def _stream(memory, n=300, batch=10):
     for start in range(0, n, batch):
         ids = torch.arange(start, start + batch)
         x = torch.stack([ids // 256, ids % 256], 1).to(torch.uint8).view(-1, 1, 1, 2)
-        memory.add(x, ids % 5, torch.zeros_like(ids), logits=ids.float().view(-1, 1))
+        memory.add(Batch(x, ids % 5, torch.zeros_like(ids), {"logits": ids.float().view(-1, 1)}))
 
 
 def _ids(x):
@@ -83,8 +84,8 @@ def test_loss_aware_policy_swaps_out_the_lowest_loss_samples(tmp_path):
         assert memory.wants_losses
         _stream(memory, n=60)
         memory.sample(10)
-        memory._last_idx = torch.arange(12)  # as if slots 0..11 were just replayed
-        memory.observe_losses(torch.arange(12, 0, -1).float())  # slot s: loss 12 - s
+        # as if slots 0..11 were just replayed: slot s had loss 12 - s
+        memory.update(torch.arange(12), loss=torch.arange(12, 0, -1).float())
         chosen = memory.slots_to_swap(torch.arange(5))  # five slots to swap out
         assert sorted(chosen.tolist()) == [7, 8, 9, 10, 11]  # the five lowest losses
         # slots 12..19 were not replayed since they came in: infinite loss, kept

@@ -1,5 +1,6 @@
 import torch
 
+from cl_bench.data.batch import Batch
 from cl_bench.memory.class_balanced import ClassBalanced, balanced_quotas
 from cl_bench.memory.reservoir import Reservoir
 
@@ -9,7 +10,7 @@ def _stream_into(memory, n_items=1000, batch=10, n_classes=None):
         ids = torch.arange(b, b + batch)
         labels = ids % n_classes if n_classes else ids
         x = ids.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
-        memory.add(x, labels, torch.zeros_like(ids))
+        memory.add(Batch(x, labels, torch.zeros_like(ids)))
 
 
 def test_reservoir_inclusion_probability_is_uniform():
@@ -33,7 +34,8 @@ def test_reservoir_stores_uint8_and_reports_bytes():
     _stream_into(memory, 30, batch=5)
     assert memory.x.dtype == torch.uint8 and memory.x.shape == (8, 1, 2, 2)
     assert memory.nbytes == 8 * 4 + 8 * 8 * 2  # uint8 images + int64 labels and task ids
-    x, y, t = memory.sample(16)
+    b = memory.sample(16)
+    x, y = b.x, b.y
     # a sampled image is the one stored with its label
     assert torch.equal(x[:, 0, 0, 0].long(), y % 256)
 
@@ -56,7 +58,8 @@ def test_class_balanced_gives_each_class_an_equal_share():
     for task in range(3):  # classes arrive two per task, as in a split benchmark
         for _ in range(20):
             y = torch.randint(2 * task, 2 * task + 2, (10,), generator=gen)
-            memory.add(torch.zeros(10, 1, 1, 1, dtype=torch.uint8), y, torch.full((10,), task))
+            x = torch.zeros(10, 1, 1, 1, dtype=torch.uint8)
+            memory.add(Batch(x, y, torch.full((10,), task)))
         counts = torch.bincount(memory.y[: len(memory)]).tolist()
         assert len(memory) == 30
         assert max(counts) - min(counts) <= 1, counts
@@ -71,5 +74,6 @@ def test_reservoir_state_dict_resumes_the_same_stream():
     for memory in (a, b):
         for start in range(50, 90, 10):
             ids = torch.arange(start, start + 10)
-            memory.add(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), ids, torch.zeros_like(ids))
-    assert torch.equal(a.y, b.y) and torch.equal(a.sample(8)[1], b.sample(8)[1])
+            x = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+            memory.add(Batch(x, ids, torch.zeros_like(ids)))
+    assert torch.equal(a.y, b.y) and torch.equal(a.sample(8).y, b.sample(8).y)

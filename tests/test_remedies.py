@@ -6,12 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.er import ER
-from cl_bench.methods.remedies import LoRALinear
 from cl_bench.models.mlp import MLP
+from cl_bench.plugins.stability_gap import (
+    ClassMeanInit,
+    FreezeOldRows,
+    LoRA,
+    LoRALinear,
+    NMCHead,
+    SoftTargets,
+)
 from conftest import interrupt_and_resume
 
 
@@ -26,26 +34,31 @@ def tiny_stream() -> TaskStream:
     return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
 
 
-def make_er(head="linear", **switches):
+def make_er(head="linear", plugins=()):
     torch.manual_seed(0)
     stream = tiny_stream()
     model = MLP((1, 4, 4), 4, hidden=[8, 8], head=head)
+    plugins = [*plugins, *([NMCHead(500)] if head == "nmc" else [])]
     method = ER(model=model, optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
                 memory=Reservoir(20), preprocess=Preprocess((0.5,), (0.3,), "cpu"),
-                class_mask=stream.class_mask(), scenario="class_il", **switches)
+                class_mask=stream.class_mask(), scenario="class_il", plugins=plugins)
     return method, stream
 
 
+def batch_of(task, s):
+    idx = torch.arange(s * 10, s * 10 + 10)
+    return Batch(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
+
+
 def train_task(method, task, steps=5):
-    method.before_task(task)
+    method.begin_task(task)
     for s in range(steps):
-        idx = torch.arange(s * 10, s * 10 + 10)
-        method.observe(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
-    method.after_task(task)
+        method.observe(batch_of(task, s))
+    method.end_task(task)
 
 
 def test_frozen_old_rows_do_not_move_even_with_momentum():
-    method, stream = make_er(freeze_old_rows=True)
+    method, stream = make_er(plugins=[FreezeOldRows()])
     train_task(method, stream.tasks[0])
     head = method.model.head
     w, b = head.weight.detach().clone(), head.bias.detach().clone()
@@ -61,12 +74,12 @@ def test_frozen_old_rows_do_not_move_even_with_momentum():
 
 
 def test_class_mean_init_sets_new_rows_from_centred_features():
-    method, stream = make_er(head_init="class_mean")
+    method, stream = make_er(plugins=[ClassMeanInit()])
     train_task(method, stream.tasks[0])
     head, task = method.model.head, stream.tasks[1]
     old_norm = head.weight[:2].detach().norm(dim=1).mean()
     old_bias = head.bias[:2].mean()
-    method.before_task(task)
+    method.begin_task(task)
     with torch.no_grad():
         feats = method.model.features(method.preprocess(task.train_x))
     for c in (2, 3):
@@ -77,8 +90,8 @@ def test_class_mean_init_sets_new_rows_from_centred_features():
 
 
 def test_dynamic_soft_targets_mix_one_hot_and_own_prediction():
-    method, stream = make_er(soft_targets="dynamic", soft_weight=0.25)
-    method.before_task(stream.tasks[0])  # seen classes: 0, 1
+    method, stream = make_er(plugins=[SoftTargets(weight=0.25)])
+    method.begin_task(stream.tasks[0])  # seen classes: 0, 1
     logits = torch.tensor([[2.0, 0.5, 3.0, -1.0]], requires_grad=True)
     own = F.softmax(torch.tensor([2.0, 0.5]), 0)
     target = torch.cat([0.75 * torch.tensor([0.0, 1.0]) + 0.25 * own, torch.zeros(2)])
@@ -88,7 +101,7 @@ def test_dynamic_soft_targets_mix_one_hot_and_own_prediction():
 
 
 def test_lora_trains_base_first_then_a_merged_low_rank_update():
-    method, stream = make_er(lora={"rank": 2})
+    method, stream = make_er(plugins=[LoRA(rank=2)])
     layers = [m for m in method.model.modules() if isinstance(m, LoRALinear)]
     assert len(layers) == 2  # both hidden layers, not the head
     first = layers[0].base.weight.detach().clone()
@@ -96,16 +109,14 @@ def test_lora_trains_base_first_then_a_merged_low_rank_update():
     assert not torch.equal(layers[0].base.weight, first)  # task 0 trains the base itself
     assert not layers[0].base.weight.requires_grad
     frozen = layers[0].base.weight.detach().clone()
-    method.before_task(stream.tasks[1])
+    method.begin_task(stream.tasks[1])
     for s in range(5):
-        idx = torch.arange(s * 10, s * 10 + 10)
-        method.observe(stream.tasks[1].train_x[idx], stream.tasks[1].train_y[idx],
-                       torch.ones(10, dtype=torch.long))
+        method.observe(batch_of(stream.tasks[1], s))
     assert torch.equal(layers[0].base.weight, frozen)  # only the update trained
     x = method.preprocess(stream.tasks[1].test_x)
     with torch.no_grad():
         before = method.model(x)
-        method.after_task(stream.tasks[1])  # merge
+        method.end_task(stream.tasks[1])  # merge
         assert torch.allclose(method.model(x), before, atol=1e-5)
     assert torch.count_nonzero(layers[0].up.weight) == 0
 
@@ -115,8 +126,9 @@ def test_nmc_predicts_the_nearest_class_mean():
     train_task(method, stream.tasks[0])
     train_task(method, stream.tasks[1], steps=2)
     x = method.preprocess(stream.tasks[0].test_x[:7])
-    bank_x = torch.cat([method._bank[0], method.memory.x[: len(method.memory)]])
-    bank_y = torch.cat([method._bank[1], method.memory.y[: len(method.memory)]])
+    bank = method.plugins[-1].bank
+    bank_x = torch.cat([bank[0], method.memory.stored().x])
+    bank_y = torch.cat([bank[1], method.memory.stored().y])
     with torch.no_grad():
         logits = method.predict(x)
         f = F.normalize(method.model.features(x), dim=1)
@@ -127,8 +139,8 @@ def test_nmc_predicts_the_nearest_class_mean():
 
 
 def test_bad_switch_values_are_named():
-    with pytest.raises(ValueError, match="method.head_init='zeros'"):
-        make_er(head_init="zeros")
+    with pytest.raises(ValueError, match="plugins.lora.rank=0"):
+        make_er(plugins=[LoRA(rank=0)])
     with pytest.raises(ValueError, match="model.head='knn'"):
         make_er(head="knn")
 

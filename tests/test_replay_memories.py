@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.coreset import Coreset, nonneg_omp
 from cl_bench.memory.herding import Herding, herding_order
@@ -16,7 +17,7 @@ def test_ring_keeps_the_last_k_per_class():
     for start in range(0, 40, 4):  # ids 0..39, class = id % 2 for ids < 20, then 2
         ids = torch.arange(start, start + 4)
         labels = torch.where(ids < 20, ids % 2, torch.full_like(ids, 2))
-        memory.add(ids.view(-1, 1, 1, 1).to(torch.uint8), labels, torch.zeros_like(ids))
+        memory.add(Batch(ids.view(-1, 1, 1, 1).to(torch.uint8), labels, torch.zeros_like(ids)))
     kept = memory.x[: len(memory)].flatten().long()
     # 3 classes seen, 2 slots each: the last two ids of each class
     assert sorted(kept.tolist()) == [16, 17, 18, 19, 38, 39]
@@ -37,9 +38,10 @@ def test_herding_memory_gives_each_class_its_share_in_herding_order():
     memory = Herding(4, seed=0)
     points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [0.8, -0.6]])
     x = torch.arange(5, dtype=torch.uint8).view(-1, 1, 1, 1)
-    memory.select(x, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long), points)
+    memory.select(Batch(x, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long)),
+                  points)
     assert memory.x.flatten().tolist() == [3, 4, 2, 1]  # one class: all 4 slots, herded
-    memory.select(x + 10, torch.ones(5, dtype=torch.long), torch.ones(5, dtype=torch.long),
+    memory.select(Batch(x + 10, torch.ones(5, dtype=torch.long), torch.ones(5, dtype=torch.long)),
                   points)
     # two classes: 2 each; class 0 drops the tail of its herding order
     assert sorted(memory.x.flatten().tolist()) == [3, 4, 13, 14]
@@ -68,7 +70,7 @@ def test_icarl_nme_is_exact_on_separable_data():
     method = ICaRL(model=Identity(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
                    memory=memory, preprocess=Preprocess((0.0,), (1.0,), "cpu"),
                    class_mask=torch.ones(1, 4, dtype=torch.bool), scenario="class_il")
-    memory.select(x, y, torch.zeros_like(y), x.flatten(1).float())
+    memory.select(Batch(x, y, torch.zeros_like(y)), x.flatten(1).float())
     method.update_prototypes()
     # prototypes are the normalised means of the exemplars' normalised features
     for c in range(4):
@@ -92,7 +94,8 @@ def test_coreset_weights_are_positive_and_sum_to_the_samples_represented():
         for _ in range(20):  # 200 samples per task, classes 2t and 2t+1 (unbalanced)
             y = 2 * task + (torch.rand(10, generator=gen) < 0.3).long()
             x = torch.randint(0, 255, (10, 1, 2, 2), generator=gen, dtype=torch.uint8)
-            memory.add(x, y, torch.full((10,), task), logits=torch.randn(10, 4, generator=gen))
+            logits = torch.randn(10, 4, generator=gen)
+            memory.add(Batch(x, y, torch.full((10,), task), {"logits": logits}))
             seen += torch.bincount(y, minlength=4)
         memory.consolidate(_embed, n_tasks=task + 1)
         w, y = memory.rows["weight"], memory.rows["y"]
@@ -101,7 +104,8 @@ def test_coreset_weights_are_positive_and_sum_to_the_samples_represented():
             assert w[y == c].sum().item() == pytest.approx(seen[c].item(), rel=1e-5)
         # re-selection keeps size // tasks per task
         assert torch.bincount(memory.rows["task"]).tolist() == [40 // (task + 1)] * (task + 1)
-    x, y, t, z, w = memory.sample(16, "logits", "weight")
+    b = memory.sample(16, "logits", "weight")
+    x, y, z, w = b.x, b.y, b.logits, b.weight
     assert x.dtype == torch.uint8 and z.shape == (16, 4) and (w > 0).all()
 
 

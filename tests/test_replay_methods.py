@@ -5,6 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
 from cl_bench.experiment import run_experiment
 from cl_bench.memory.reservoir import Reservoir
@@ -46,9 +47,10 @@ def test_der_memory_carries_logits_with_each_sample():
     for start in range(0, 100, 10):
         ids = torch.arange(start, start + 10)
         logits = ids.float().unsqueeze(1).expand(-1, 3) * torch.tensor([1.0, 2.0, 3.0])
-        memory.add(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), ids, torch.zeros_like(ids),
-                   logits=logits)
-    x, y, t, z = memory.sample(50, "logits")
+        memory.add(Batch(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), ids, torch.zeros_like(ids),
+                         {"logits": logits}))
+    b = memory.sample(50, "logits")
+    x, y, z = b.x, b.y, b.logits
     assert x.dtype == torch.uint8 and z.shape == (50, 3)
     assert torch.equal(z, y.float().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0]))
     assert memory.nbytes == 20 * (4 + 8 + 8 + 3 * 4)  # x, y, task, logits
@@ -64,11 +66,11 @@ def test_agem_projection_removes_the_conflict():
                          class_mask=torch.ones(1, 3, dtype=torch.bool), scenario="class_il")
     # eight copies of one sample: whatever A-GEM draws, its reference gradient is this one's
     mx = torch.randint(0, 255, (1, 1, 2, 2), dtype=torch.uint8).expand(8, -1, -1, -1)
-    memory.add(mx, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long))
+    memory.add(Batch(mx, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)))
     x = mx[:4]  # same inputs, other label: the gradients conflict
     y = torch.ones(4, dtype=torch.long)
     method.optimizer.step = lambda: None  # inspect the projected gradient only
-    method.observe(x, y, torch.zeros(4, dtype=torch.long))
+    method.observe(Batch(x, y, torch.zeros(4, dtype=torch.long)))
     projected = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad()
     ref_loss = method.cross_entropy(model(method.preprocess(mx)), torch.zeros(8).long(), None)

@@ -14,9 +14,6 @@ ACC_COLUMNS = ["train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_
 CURVE_COLUMNS = ["step", "train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_il",
                  "acc_domain_il"]
 TRAIN_COLUMNS = ["step", "train_task", "loss", "flops_cumulative", "seconds"]
-# The component columns the runner wrote before train.csv took any column (kept for its
-# import; the header no longer depends on it).
-COMPONENT_COLUMNS = ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]
 # A column first seen mid-run is 0 in the rows written before it when it names a cumulative
 # FLOP count (a component's FLOPs before its first tagged pass are 0) and empty otherwise
 # (a loss term not computed then).

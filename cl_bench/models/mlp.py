@@ -18,7 +18,7 @@ class MLP(nn.Module):
         super().__init__()
         if head not in ("linear", "nmc"):
             raise ValueError(f"model.head={head!r}: choose 'linear' or 'nmc'")
-        self.head_kind = head  # nmc: methods predict by nearest class mean (plugins/stability_gap.py)
+        self.head_kind = head  # nmc: predict by nearest class mean (plugins/stability_gap.py)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:
