@@ -18,7 +18,16 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_bench.config import register_schemas
 from cl_bench.identity import run_id
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _conf_dir() -> str:
+    """The config tree: cl_bench/conf in an installed wheel (setup.py maps conf/ there),
+    else conf/ at the top of the source checkout (editable install, PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return str(packaged if (packaged / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 _PROCESS_UID = secrets.token_hex(3)  # makes run dirs of runs started in one second distinct
 
 
