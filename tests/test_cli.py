@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cl_bench.cli import CONF_DIR
 from conftest import compose_config
 
 CLI = [sys.executable, "-m", "cl_bench.cli"]
@@ -32,6 +33,27 @@ def test_misspelled_key_fails_naming_it(tmp_path):
     result = clbench(["budget.epoch=2"], tmp_path)
     assert result.returncode != 0
     assert "budget.epoch" in result.stderr + result.stdout
+
+
+def test_help_lists_the_option_groups_of_conf_not_the_schemas(tmp_path):
+    result = clbench(["method=er", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    listed = result.stdout.split("== Option groups")[1].split("== Config")[0]
+    groups = {line.split(":")[0] for line in listed.splitlines()[1:] if line[:1].isalnum()}
+    user = {"benchmark", "model", "method", "memory", "optimizer", "budget", "eval", "logger",
+            "experiment", "hydra/launcher"}
+    every = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra"}
+    assert user <= groups and groups == every | {"hydra/launcher"}  # a new group shows up
+    assert "schema" not in result.stdout
+    assert " er*," in listed and " reservoir*," in listed  # the choices, overrides included
+    assert "replay_batch_size: 10" in result.stdout  # and the composed config
+
+
+def test_help_with_a_misspelled_group_option_fails_without_a_traceback(tmp_path):
+    result = clbench(["method=err", "--help"], tmp_path)
+    assert result.returncode != 0
+    assert "method/err" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_ill_typed_value_fails_at_compose_time():

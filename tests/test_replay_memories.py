@@ -119,3 +119,14 @@ def test_coreset_matches_the_gradient_better_than_a_random_subset():
     random_err = ((grads[rand].sum(0) * 20) - target).norm() / target.norm()
     assert (w > 0).all() and len(cols) <= 10
     assert coreset_err < random_err / 2
+
+
+def test_nonneg_omp_without_ridge_tolerates_dependent_columns():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 6, generator=gen).double()  # 14 columns in 4 dimensions, duplicates
+    a = torch.cat([base, base, base[:, :2] + base[:, 2:4]], 1)
+    b = a[:, :3] @ torch.tensor([1.0, 2.0, 3.0], dtype=torch.double)
+    cols, w = nonneg_omp(a, b, 12, ridge=0.0)
+    assert torch.isfinite(w).all() and (w > 0).all()
+    assert len(cols) <= 4  # stops once b is matched instead of adding dependent columns
+    assert ((a[:, cols] @ w) - b).norm() < 1e-8 * b.norm()

@@ -16,7 +16,17 @@ from cl_bench.schemas import schema
 def nonneg_omp(a: torch.Tensor, b: torch.Tensor, k: int, ridge: float = 0.5):
     """Greedy non-negative orthogonal matching pursuit: at most `k` columns of `a` (D, n)
     and weights w > 0 with a[:, cols] @ w ~ b. A column whose least-squares weight turns
-    non-positive is dropped and not picked again."""
+    non-positive is dropped and not picked again.
+
+    `ridge` is floored at 1e4 eps x the mean of the Gram diagonal, so that more than D
+    columns, or dependent ones, cannot make the system singular (ridge=0 is plain least
+    squares otherwise). The search stops once b is matched, or once the best column is
+    (numerically) orthogonal to the residual, as a column in the span of the selected ones
+    is when the ridge is ~0."""
+    eps = torch.finfo(a.dtype).eps
+    tol = eps**0.5
+    b_norm = float(b.norm())
+    col_norms = a.norm(dim=0)
     cols: list[int] = []
     banned = torch.zeros(a.shape[1], dtype=torch.bool, device=a.device)
     w = torch.empty(0, dtype=a.dtype, device=a.device)
@@ -24,15 +34,20 @@ def nonneg_omp(a: torch.Tensor, b: torch.Tensor, k: int, ridge: float = 0.5):
     for _ in range(2 * a.shape[1]):  # every column enters and leaves at most once
         if len(cols) >= k:
             break
+        r_norm = float(residual.norm())
+        if r_norm <= tol * b_norm:
+            break
         corr = (a.T @ residual).masked_fill(banned, float("-inf"))
         j = int(corr.argmax())
-        if corr[j] <= 0:
+        if corr[j] <= tol * col_norms[j] * r_norm:
             break
         cols.append(j)
         banned[j] = True
         while cols:
             sub = a[:, cols]
-            gram = sub.T @ sub + ridge * torch.eye(len(cols), dtype=a.dtype, device=a.device)
+            gram = sub.T @ sub
+            reg = max(ridge, 1e4 * eps * float(gram.diagonal().mean()))
+            gram = gram + reg * torch.eye(len(cols), dtype=a.dtype, device=a.device)
             w = torch.linalg.solve(gram, sub.T @ b)
             if (w > 0).all():
                 break
