@@ -143,9 +143,9 @@ def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
     if getattr(model, "head_kind", "linear") == "nmc":  # model.head=nmc: predict by class means
         plugins.append(NMCHead(bank_size=max(memory.size, 500)))
     method = instantiate_part(
-        cfg.method, model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
+        cfg.method, (), model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
         preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
-        counter=budget.counter, plugins=plugins, name=cfg.method.name,
+        counter=budget.counter, plugins=plugins,
     )
     method.output_dir = run_dir
     evaluator = Evaluator(stream, preprocess, class_mask, budget.counter, device,

@@ -47,12 +47,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-try:  # hides the fallback's own forward from a FlopCounterMode the caller has open
-    from torch.utils._python_dispatch import _disable_current_modes
-except ImportError:  # pragma: no cover
-    _disable_current_modes = nullcontext
 
 Flops = int | tuple[int, int]
 ForwardFn = Callable[[nn.Module, tuple, object], Flops]
@@ -243,6 +237,13 @@ def measure_flops(module: nn.Module, args: tuple, kwargs: dict, backward: bool =
     `backward` the gradients autograd computes for the inputs and parameters that need one.
     Runs `module.forward` again without hooks, RNG draws, `.grad` writes, or counts leaking
     into a FlopCounterMode the caller has open."""
+    # imported here: torch.utils.flop_counter adds ~0.1 s to every run's start-up
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:  # hides the fallback's own forward from a FlopCounterMode the caller has open
+        from torch.utils._python_dispatch import _disable_current_modes
+    except ImportError:  # pragma: no cover - private API moved
+        _disable_current_modes = nullcontext
     tensors = _tensors((args, kwargs)) + list(module.parameters(recurse=False))
     cuda = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
     with (torch.random.fork_rng(devices=cuda, device_type="cuda"), _disable_current_modes(),
