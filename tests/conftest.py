@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.cli import CONF_DIR  # registers the schemas and resolvers, as the CLI does
+from cl_bench.data.stream import Task, TaskStream
 from cl_bench.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +30,18 @@ needs_mnist = pytest.mark.skipif(
     not has_dataset("MNIST"),
     reason=f"MNIST not found under {data_root()} (set CLBENCH_DATA to the data root)",
 )
+
+
+def tiny_stream() -> TaskStream:
+    """Two tasks of two classes, 60 random 4x4 images each, with a class-dependent pixel."""
+    gen = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(2):
+        y = torch.arange(2 * t, 2 * t + 2).repeat(30)
+        x = torch.randint(0, 256, (60, 1, 4, 4), generator=gen, dtype=torch.uint8)
+        x[:, 0, 0, 0] = (y * 60).to(torch.uint8)  # a class-dependent pixel: learnable
+        tasks.append(Task(t, [2 * t, 2 * t + 1], x, y, x, y))
+    return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
 
 
 def compose_config(overrides: list[str]):

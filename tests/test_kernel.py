@@ -12,7 +12,6 @@ from hydra.errors import ConfigCompositionException
 
 from cl_bench.budget.flops import FlopCounter
 from cl_bench.data.batch import Batch
-from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.carousel import Carousel
 from cl_bench.memory.coreset import Coreset
@@ -24,18 +23,7 @@ from cl_bench.methods.er_ace import ERACE
 from cl_bench.methods.gcr import GCR
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.models.mlp import MLP
-from conftest import REPO, compose_config
-
-
-def tiny_stream() -> TaskStream:
-    gen = torch.Generator().manual_seed(0)
-    tasks = []
-    for t in range(2):
-        y = torch.arange(2 * t, 2 * t + 2).repeat(30)
-        x = torch.randint(0, 256, (60, 1, 4, 4), generator=gen, dtype=torch.uint8)
-        x[:, 0, 0, 0] = (y * 60).to(torch.uint8)
-        tasks.append(Task(t, [2 * t, 2 * t + 1], x, y, x, y))
-    return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
+from conftest import REPO, compose_config, tiny_stream
 
 
 def build(cls, memory, **options):

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.data.batch import Batch
-from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.er import ER
@@ -20,18 +19,7 @@ from cl_bench.plugins.stability_gap import (
     NMCHead,
     SoftTargets,
 )
-from conftest import interrupt_and_resume
-
-
-def tiny_stream() -> TaskStream:
-    gen = torch.Generator().manual_seed(0)
-    tasks = []
-    for t in range(2):
-        y = torch.arange(2 * t, 2 * t + 2).repeat(30)
-        x = torch.randint(0, 256, (60, 1, 4, 4), generator=gen, dtype=torch.uint8)
-        x[:, 0, 0, 0] = (y * 60).to(torch.uint8)  # a class-dependent pixel: learnable
-        tasks.append(Task(t, [2 * t, 2 * t + 1], x, y, x, y))
-    return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
+from conftest import interrupt_and_resume, tiny_stream
 
 
 def make_er(head="linear", plugins=()):

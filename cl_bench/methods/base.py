@@ -59,6 +59,7 @@ class Method(metaclass=_BuildAfterInit):
 
     supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
     memory_needs: frozenset[str] = frozenset()
+    memory_hint = "choose e.g. memory=reservoir memory.size=500"  # the fix, when it lacks them
     predict_needs_task_ids = False
 
     def __init__(
@@ -101,8 +102,6 @@ class Method(metaclass=_BuildAfterInit):
         self.old_mask = self.seen_mask.clone()  # classes of tasks before the current one
         self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
         self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
-
-    memory_hint = "choose e.g. memory=reservoir memory.size=500"
 
     def add_auxiliary(self, name: str, module: nn.Module,
                       optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
