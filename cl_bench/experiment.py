@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import platform
 import random
 import resource
@@ -316,7 +317,12 @@ class Run:
         state.task = task.id
 
     def _flush_train(self, task_id, window: LossWindow, counter, t_start) -> None:
-        n, means = window.flush()
+        n, means = window.flush()  # the loss sync every logger.train_every steps
+        if not math.isfinite(means["loss"]):
+            first = self.state.step - n + 1
+            raise FloatingPointError(
+                f"the training loss became {means['loss']} in steps {first}-{self.state.step} "
+                f"(task {task_id}); the run has diverged: lower optimizer.lr")
         self.console.advance(n, means["loss"])
         self._log("log_train_rows", [{
             "step": self.state.step, "train_task": task_id, "loss": means.pop("loss"),

@@ -113,3 +113,10 @@ def test_split_mnist_acceptance_one_epoch(run_job):
     assert er["acc_class_il"] >= 0.80
     assert er["acc_class_il"] - ft["acc_class_il"] >= 0.40
     assert er["acc_task_il"] >= 0.97
+
+
+def test_a_diverging_loss_fails_the_run_naming_step_and_task(run_job, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"steps \d+-\d+ \(task 0\)"):
+        run_job("optimizer.lr=1e6", "eval.every=0")
+    summary = json.loads(next(tmp_path.glob("run*/summary.json")).read_text())
+    assert summary["status"] == "failed" and "lower optimizer.lr" in summary["error"]
