@@ -132,6 +132,9 @@ def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
 def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
     """The stream, model (inside the method), memory, plugins, method, budget with its
     FLOP counter, and evaluator of `cfg`, in an order that fixes their RNG draws."""
+    if cfg.eval.every < 0:
+        raise ValueError(f"eval.every must be >= 0 (0 turns continual evaluation off), "
+                         f"got {cfg.eval.every}")
     device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
     stream = build_stream(cfg)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)

@@ -120,3 +120,15 @@ def test_a_diverging_loss_fails_the_run_naming_step_and_task(run_job, tmp_path):
         run_job("optimizer.lr=1e6", "eval.every=0")
     summary = json.loads(next(tmp_path.glob("run*/summary.json")).read_text())
     assert summary["status"] == "failed" and "lower optimizer.lr" in summary["error"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("eval.every=-1", "eval.every"), ("budget.iters=0", "budget.iters"),
+    ("budget.flops_per_task=-1", "budget.flops_per_task"),
+    ("eval.probe_size=-3", "eval.probe_size"),
+    ("method=er method.replay_batch_size=-2", "method.replay_batch_size"),
+])
+def test_values_that_make_no_sense_fail_naming_the_key(run_job, override, key):
+    # (a constructor's ValueError reaches the user inside Hydra's InstantiationException)
+    with pytest.raises(Exception, match=key.replace(".", r"\.")):
+        run_job(*override.split())

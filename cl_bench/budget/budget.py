@@ -25,8 +25,10 @@ class Budget:
     ):
         if epochs is None and iters is None:
             raise ValueError("set budget.epochs or budget.iters (per task); both are null")
-        if batch_size < 1:
-            raise ValueError(f"budget.batch_size must be >= 1, got {batch_size}")
+        for key, value in (("batch_size", batch_size), ("epochs", epochs), ("iters", iters),
+                           ("flops_per_task", flops_per_task)):
+            if value is not None and value <= 0:
+                raise ValueError(f"budget.{key} must be positive (or null), got {value}")
         self.batch_size = batch_size
         self.epochs = epochs
         self.iters = iters

@@ -25,6 +25,8 @@ class ER(Method):
 
     def __init__(self, replay_batch_size: int = 10, **kw):
         super().__init__(**kw)
+        if replay_batch_size < 1:
+            raise ValueError(f"method.replay_batch_size must be >= 1, got {replay_batch_size}")
         self.replay_batch_size = replay_batch_size
 
     def loss(self, batch):

@@ -57,6 +57,9 @@ class Evaluator:
         seed: int = 0,
         precision: str = "auto",
     ):
+        for key, value, least in (("probe_size", probe_size, 1), ("batch_size", batch_size, 1)):
+            if value < least:
+                raise ValueError(f"eval.{key} must be >= {least}, got {value}")
         device = torch.device(device)
         self.precision = resolve_precision(precision, device)
         self.probe_autocast = (
