@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from cl_bench.methods.er import ER
 
@@ -23,9 +22,7 @@ class AGEM(ER):
         params = [p for p in self.model.parameters() if p.grad is not None]
         replayed = self.replay(self.replay_batch_size)
         logits = self.forward(replayed.x)
-        if replayed.index is not None:
-            self.report_losses(replayed, F.cross_entropy(logits.detach(), replayed.y,
-                                                         reduction="none"))
+        self.report_ce(replayed, logits)
         ref = torch.autograd.grad(self.cross_entropy(logits, replayed.y, replayed.task), params)
         dot = sum((p.grad * r).sum() for p, r in zip(params, ref, strict=True))
         ref_sq = sum((r * r).sum() for r in ref)

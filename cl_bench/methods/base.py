@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -130,9 +131,12 @@ class Method(metaclass=_BuildAfterInit):
         self.optimizer = self.make_optimizer(self.trainable_parameters())
 
     # -- what the runner calls ------------------------------------------------------------
-    def begin_task(self, task: Task) -> None:
+    def _see(self, task: Task) -> None:
         self.old_mask = self.seen_mask.clone()
         self.seen_mask = self.seen_mask | self.class_mask[task.id]
+
+    def begin_task(self, task: Task) -> None:
+        self._see(task)
         for plugin in self.plugins:
             plugin.before_task(task)
         self.before_task(task)
@@ -148,23 +152,21 @@ class Method(metaclass=_BuildAfterInit):
         for plugin in self.plugins:
             terms.update(plugin.loss(batch))
         if not terms:  # e.g. GDumb, which only fills its memory from the stream
-            self.after_step(batch)
+            out = {"loss": torch.zeros((), device=batch.y.device)}
+        else:
+            total = reduce(operator.add, terms.values())
+            total.backward()
+            self.after_backward(batch)
             for plugin in self.plugins:
-                plugin.after_step(batch)
-            return {"loss": torch.zeros((), device=batch.y.device)}
-        total = reduce(operator.add, terms.values())
-        total.backward()
-        self.after_backward(batch)
-        for plugin in self.plugins:
-            plugin.after_backward(batch)
-        for opt in optimizers:
-            opt.step()
+                plugin.after_backward(batch)
+            for opt in optimizers:
+                opt.step()
+            out = {"loss": total.detach()}
+            if len(terms) > 1:
+                out["terms"] = {k: v.detach() for k, v in terms.items()}
         self.after_step(batch)
         for plugin in self.plugins:
             plugin.after_step(batch)
-        out = {"loss": total.detach()}
-        if len(terms) > 1:
-            out["terms"] = {k: v.detach() for k, v in terms.items()}
         return out
 
     def end_task(self, task: Task) -> None:
@@ -174,8 +176,7 @@ class Method(metaclass=_BuildAfterInit):
 
     def skip_task(self, task: Task) -> None:
         """A task a resumed run had completed: its weights and state are loaded."""
-        self.old_mask = self.seen_mask.clone()
-        self.seen_mask = self.seen_mask | self.class_mask[task.id]
+        self._see(task)
         self.resume_task(task)
         for plugin in self.plugins:
             plugin.resume_task(task)
@@ -258,6 +259,18 @@ class Method(metaclass=_BuildAfterInit):
         """Hand the replayed samples' per-sample losses to the memory (if it wants them)."""
         if replayed.index is not None:
             self.memory.update(replayed.index, loss=per_sample.detach())
+
+    def report_ce(self, replayed: Batch, logits: torch.Tensor) -> None:
+        """`report_losses` with the replayed samples' cross-entropy, computed only when the
+        memory wants it."""
+        if replayed.index is not None:
+            self.memory.update(replayed.index, loss=F.cross_entropy(
+                logits.detach(), replayed.y, reduction="none"))
+
+    def frozen_copy(self, module: nn.Module) -> nn.Module:
+        """A frozen copy (teacher, previous generator) whose FLOPs go to the same counter."""
+        copy_ = copy.deepcopy(module, {id(self.counter): self.counter})
+        return copy_.requires_grad_(False)
 
     def flops(self, component: str):
         """Context: training FLOPs counted inside are tagged `component` (`flops_<name>`)."""

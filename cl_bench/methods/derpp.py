@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from cl_bench.methods.der import DER, DERConf
 from cl_bench.schemas import schema
 
@@ -29,9 +27,7 @@ class DERpp(DER):
         if len(self.memory):
             replayed = self.replay(self.replay_batch_size)
             logits = self.forward(replayed.x)
-            if replayed.index is not None:
-                self.report_losses(replayed, F.cross_entropy(logits.detach(), replayed.y,
-                                                             reduction="none"))
+            self.report_ce(replayed, logits)
             terms["label_replay"] = self.beta * self.cross_entropy(logits, replayed.y,
                                                                    replayed.task)
         return terms

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from cl_bench.methods.base import Method, MethodConf
 from cl_bench.schemas import schema
 
@@ -35,9 +33,7 @@ class ER(Method):
         replayed = self.replay(self.replay_batch_size)
         joined = batch.cat(replayed)
         logits = self.forward(joined.x)
-        if replayed.index is not None:  # e.g. carousel's loss-aware swaps
-            self.report_losses(replayed, F.cross_entropy(
-                logits[-len(replayed):].detach(), replayed.y, reduction="none"))
+        self.report_ce(replayed, logits[-len(replayed):])  # e.g. carousel's loss-aware swaps
         return {"ce": self.cross_entropy(logits, joined.y, joined.task)}
 
     def after_step(self, batch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from cl_bench.methods.er import ER
 
@@ -22,8 +21,6 @@ class ERACE(ER):
         if len(self.memory):
             replayed = self.replay(self.replay_batch_size)
             out = self.forward(replayed.x)
-            if replayed.index is not None:
-                self.report_losses(replayed, F.cross_entropy(out.detach(), replayed.y,
-                                                             reduction="none"))
+            self.report_ce(replayed, out)
             terms["replay"] = self.cross_entropy(out, replayed.y, replayed.task)
         return terms

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -54,8 +52,7 @@ class ICaRL(Method):
             self.memory.select(super().train_data(task), feats)
             self.update_prototypes()
         self.model.train()
-        self.old_model = copy.deepcopy(self.model, {id(self.counter): self.counter})
-        self.old_model.requires_grad_(False).eval()
+        self.old_model = self.frozen_copy(self.model).eval()
 
     def update_prototypes(self) -> None:
         held = self.memory.stored()
@@ -82,6 +79,5 @@ class ICaRL(Method):
         super().load_state_dict(state)
         self.prototypes = state["prototypes"]
         if state["old_model"] is not None:
-            self.old_model = copy.deepcopy(self.model, {id(self.counter): self.counter})
-            self.old_model.requires_grad_(False).eval()
+            self.old_model = self.frozen_copy(self.model).eval()
             self.old_model.load_state_dict(state["old_model"])

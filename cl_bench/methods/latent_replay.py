@@ -5,7 +5,6 @@ Progressive Latent Replay, Pawlak et al., 2022)."""
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 
@@ -189,10 +188,9 @@ class LatentReplay(Method):
     def snapshot(self) -> None:
         """Frozen copies of the classifier and the generator: the teacher and the replay
         source of the next task (their FLOPs go to the same counter)."""
-        memo = {id(self.counter): self.counter}
-        self.prev_model = copy.deepcopy(self.model, memo).eval().requires_grad_(False)
+        self.prev_model = self.frozen_copy(self.model).eval()
         self.prev_view = LevelView(self.prev_model)
-        self.prev_generator = copy.deepcopy(self.generator, memo).requires_grad_(False)
+        self.prev_generator = self.frozen_copy(self.generator)
 
     # -- output ----------------------------------------------------------------------------
     def save_grid(self, task_id: int, per_class: int = 8) -> None:
