@@ -390,6 +390,17 @@ class FlopCounter:
         finally:
             self._component = previous
 
+    def add(self, flops: int, component: str | None = None) -> None:
+        """Training FLOPs done outside counted modules (e.g. a projector update), tagged
+        `component` (default: the current one)."""
+        if not self.enabled:
+            return
+        self.train_flops += flops
+        self.train_flops_dense += flops
+        name = component or self._component
+        if name is not None:
+            self.components[name] = self.components.get(name, 0) + flops
+
     def component_columns(self) -> dict[str, int]:
         """Cumulative training FLOPs of every component tagged so far, as
         `{"flops_<name>": flops}` in the order they were first tagged."""

@@ -62,6 +62,9 @@ class Method(metaclass=_BuildAfterInit):
     memory_needs: frozenset[str] = frozenset()
     memory_hint = "choose e.g. memory=reservoir memory.size=500"  # the fix, when it lacks them
     predict_needs_task_ids = False
+    # constructor arguments that trade plasticity for stability (`clbench-tune` decays
+    # them; config keys `method.<knob>`)
+    stability_knobs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -82,6 +85,12 @@ class Method(metaclass=_BuildAfterInit):
                 f"method={self.name} does not support scenario={scenario}; "
                 f"it supports {list(self.supported_scenarios)}"
             )
+        for plugin in plugins:
+            if scenario not in plugin.supported_scenarios:
+                raise ValueError(
+                    f"plugin {type(plugin).__name__} does not support scenario={scenario}; "
+                    f"it supports {list(plugin.supported_scenarios)}"
+                )
         missing = self.memory_needs - memory.capabilities
         if missing or (self.memory_needs and memory.size == 0):
             raise ValueError(

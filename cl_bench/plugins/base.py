@@ -30,6 +30,10 @@ class Plugin:
     """
 
     method = None
+    supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
+    # constructor arguments that trade plasticity for stability, largest = most stable
+    # (`clbench-tune` decays them; config keys `plugins.<name>.<knob>`)
+    stability_knobs: tuple[str, ...] = ()
 
     def setup(self, method) -> None:
         self.method = method
