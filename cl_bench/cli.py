@@ -119,6 +119,8 @@ def _report(err: BaseException) -> str | None:
         text = _compose_error(err)
     else:
         found = user_error(err)
+        if found is None and isinstance(err, OSError) and err.filename and run_dir is None:
+            found = err  # Hydra could not make the run directory
         if found is None:
             if not isinstance(err, InstantiationException):
                 return None

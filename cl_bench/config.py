@@ -147,6 +147,11 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.optimizer.get(key)
         if value is not None and value < 0:
             raise ConfigError(f"optimizer.{key} must be >= 0, got {value}")
+    betas = cfg.optimizer.get("betas")
+    if betas is not None and not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"optimizer.betas must lie in [0, 1), got {list(betas)}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be in 0..2**32-1 (numpy's range), got {cfg.seed}")
     if cfg.logger.train_every < 1:
         raise ConfigError(f"logger.train_every must be >= 1 (iterations per train.csv row), "
                           f"got {cfg.logger.train_every}")

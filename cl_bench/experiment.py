@@ -148,7 +148,6 @@ def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
 def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
     """The stream, model (inside the method), memory, plugins, method, budget with its
     FLOP counter, and evaluator of `cfg`, in an order that fixes their RNG draws."""
-    check_config(cfg)
     if cfg.eval.every < 0:
         raise ValueError(f"eval.every must be >= 0 (0 turns continual evaluation off), "
                          f"got {cfg.eval.every}")
@@ -320,6 +319,7 @@ class Run:
 
     def _train(self) -> None:
         cfg, state = self.cfg, self.state
+        check_config(cfg)
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)

@@ -107,6 +107,12 @@ CASES = {
     "resnet_width_zero": _case("model=resnet18_reduced", "model.nf=0", *TINY,
                                says=["model.nf"]),
     "lr_negative": _case("optimizer.lr=-0.1", *TINY, says=["optimizer.lr"]),
+    "adam_beta_above_one": _case("optimizer=adam", "optimizer.betas=[2,0.9]", *TINY,
+                                 says=["optimizer.betas"]),
+    "seed_negative": _case("seed=-1", *TINY, says=["seed"]),
+    "n_tasks_not_dividing": _case("benchmark.n_tasks=3", *TINY, says=["benchmark.n_tasks=3"]),
+    "replay_without_memory": _case("method=er", "memory=none", *TINY,
+                                   says=["method=er", "memory.size"]),
     "train_every_zero": _case("logger.train_every=0", *TINY, says=["logger.train_every"]),
     "memory_size_negative": _case("method=er", "memory.size=-5", *TINY, says=["memory.size"]),
     "precision_unknown": _case("eval.precision=fp8", *TINY, says=["eval.precision"]),
@@ -131,6 +137,8 @@ CASES = {
         torch.cuda.is_available(), reason="a CUDA device is there")),
     "output_root_unwritable": _case("output_root=/dev/null/out", *TINY,
                                     says=["/dev/null/out", "output_root"], run=False),
+    "run_dir_impossible": _case("hydra.run.dir=/proc/no/such/dir", *TINY,
+                                says=["/proc/no", "hydra.run.dir"], run=False),
     # data files
     "dataset_missing": _case(*_data("nothing"), says=["data.root", "nothing/MNIST"]),
     "npz_label_out_of_range": _case(*_data("label_range"), says=["mnist.npz", "label 12"]),
@@ -149,7 +157,7 @@ def test_bad_input_fails_with_one_clear_message(args, says, run, data, tmp_path,
                                                 capsys):
     run_dir = tmp_path / "run"
     args = [a.replace("{data}", str(data)) for a in args]
-    if not any(a.startswith("output_root") for a in args):
+    if not any(a.startswith(("output_root", "hydra.run.dir")) for a in args):
         args.append(f"hydra.run.dir={run_dir}")
     code, out = clbench(args, monkeypatch, capsys)
     assert code != 0
