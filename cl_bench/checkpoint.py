@@ -29,11 +29,34 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Writes `checkpoint.pt` atomically; a failed write (a full disk) leaves the previous
+    checkpoint as it was and no temporary file behind."""
     tmp = run_dir / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / CHECKPOINT)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, run_dir / CHECKPOINT)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class CorruptCheckpoint(Exception):
+    """checkpoint.pt exists but cannot be read (truncated, overwritten, not a checkpoint)."""
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
+    """The state saved in `run_dir`, or None when there is none. A file that does not
+    load is moved aside to `checkpoint.pt.corrupt` and reported as CorruptCheckpoint, so
+    the caller can start over and a later call does not trip on it again."""
     path = run_dir / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "task" not in state:
+            raise ValueError("not a clbench checkpoint")
+        return state
+    except Exception as err:
+        os.replace(path, run_dir / f"{CHECKPOINT}.corrupt")
+        raise CorruptCheckpoint(f"{path} is corrupt ({type(err).__name__}: {err}); moved "
+                                f"it to {CHECKPOINT}.corrupt") from err

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import re
 import secrets
+import shutil
 import signal
 import sys
 import textwrap
@@ -11,11 +15,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench.config import register_schemas
+from cl_bench.errors import describe, user_error
 from cl_bench.identity import run_id
 
 
@@ -51,10 +57,22 @@ OmegaConf.register_new_resolver(
 register_schemas()
 
 
+class DropEmptySweep(Callback):
+    """Removes a sweep directory that holds no job: a `skip_done=true` rerun whose jobs
+    were all done already (each job then removes its own fresh directory)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        if sweep.is_dir() and all(p.name == "multirun.yaml" for p in sweep.iterdir()):
+            shutil.rmtree(sweep, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                sweep.parent.rmdir()  # a date folder made for this sweep only
+
+
 def _terminate(signum, frame):
     from cl_bench.experiment import RunInterrupted
 
-    raise RunInterrupted(f"signal {signum}")
+    raise RunInterrupted(signal.Signals(signum).name)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -66,16 +84,79 @@ def _run(cfg: DictConfig) -> float:
     return summary[f"acc_{summary['scenario']}"]
 
 
+def _compose_error(err: CompactHydraException) -> str:
+    """Hydra's message for a bad override, with a fix that works: Hydra suggests `+key=v`
+    for a misspelled key, which adds a key that nothing reads (now an error of its own)."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
+    text = str(err)
+    hint = re.search(r"To append to your config use \+(\S+?)=", text)
+    if hint:
+        key = hint.group(1)
+        node, _, leaf = key.rpartition(".")
+        kind = getattr(cause, "object_type", None)
+        known = ", ".join(f.name for f in dataclasses.fields(kind)
+                          if not f.name.startswith("_")) if dataclasses.is_dataclass(kind) else ""
+        return (f"{node or 'the config'} has no key {leaf!r}: check the spelling of {key}"
+                + (f" (its keys: {known})" if known else "")
+                + ", or choose the option that has it (clbench --help lists them)")
+    text = text.split("\nConfig search path:")[0].rstrip()
+    missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^']+)'", text)
+    if missing:  # the options on one line (Hydra lists them one per line, or not at all)
+        group = missing.group(1)
+        options = sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml"))
+        text = (f"{text.splitlines()[0]}\nAvailable options in '{group}': "
+                f"{', '.join(options)}")
+    return text + (f"\n{cause}" if cause else "")
+
+
+def _report(err: BaseException) -> str | None:
+    """The short message `clbench` prints for `err` (a user error, an interrupt, a bad
+    override), or None for a bug, which keeps its traceback."""
+    run_dir = getattr(err, "clbench_run_dir", None)
+    if isinstance(err, KeyboardInterrupt):
+        text = getattr(err, "clbench_reason", None) or f"interrupted ({err or 'SIGINT'})"
+    elif isinstance(err, CompactHydraException) and not isinstance(err, InstantiationException):
+        text = _compose_error(err)
+    else:
+        found = user_error(err)
+        if found is None and isinstance(err, OSError) and err.filename and run_dir is None:
+            found = err  # Hydra could not make the run directory
+        if found is None:
+            if not isinstance(err, InstantiationException):
+                return None
+            found = err  # Hydra's own message names the target and the cause
+        text = describe(found)
+        if isinstance(found, OSError) and run_dir is None:
+            text += ("\nFix: set output_root (or hydra.run.dir / hydra.sweep.dir) to a folder "
+                     "you can write")
+    if run_dir is not None:
+        text += f"\nrun directory (summary.json, error.txt): {run_dir}"
+    return text + "\n(HYDRA_FULL_ERROR=1 shows the traceback)"
+
+
 def main() -> None:
-    """The `clbench` command. Hydra reports a bad override in a run in a few lines, but
-    raises it under --help; this reports it the same way there."""
+    """The `clbench` command. Every error comes back here (Hydra is told to re-raise them)
+    and is reported as one short message naming the key or file and the fix: a user error
+    (cl_bench.errors), an interrupt, a bad override, under --help too. A bug keeps its
+    traceback; HYDRA_FULL_ERROR=1 shows the traceback of everything."""
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _run()
-    except CompactHydraException as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (Exception, KeyboardInterrupt) as err:
+        message = None if full else _report(err)
+        if message is None:
             raise
-        cause = f"\n{err.__cause__}" if isinstance(err.__cause__, OmegaConfBaseException) else ""
-        sys.exit(f"{err}{cause}")
+        sys.stderr.write(f"clbench: {message}\n")
+        signum = getattr(signal, str(err), signal.SIGINT) if isinstance(
+            err, KeyboardInterrupt) else None
+        sys.exit(1 if signum is None else 128 + signum)  # the shell's code for a signal
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ live next to the classes they configure."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -11,8 +12,9 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cl_bench.errors import ConfigError
 from cl_bench.schemas import SCHEMAS, Scenario, schema
 
 
@@ -68,6 +70,7 @@ class LoggerConf:
     project: str = "clbench"
     entity: str | None = None
     mode: str = "auto"  # auto: offline unless W&B is configured; online; offline; disabled
+    init_timeout: float = 15.0  # seconds W&B may take to start before logging offline instead
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -106,3 +109,49 @@ def register_schemas() -> None:
     cs.store(name="schema", node=ClbenchConf)
     for (group, name), node in SCHEMAS.items():
         cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fails naming a key that no schema declares, a mandatory value left unset (`???`),
+    or a runner setting of this module that makes no sense (a negative learning rate).
+
+    Hydra rejects a misspelled key (`budget.epoch=2`) but accepts it when added with `+`
+    (`+budget.epoch=2`, which Hydra's own error message suggests), and nothing would read
+    it; a value left `???` would fail later inside the part, without its full key."""
+    unknown = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        kind = OmegaConf.get_type(node)
+        known = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) \
+            else None
+        for key in node:
+            if prefix == "" and key == "hydra":
+                continue
+            if known is not None and key not in known:
+                unknown.append((f"{prefix}{key}", prefix[:-1], sorted(known)))
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not OmegaConf.is_missing(node, key):
+                walk(child, f"{prefix}{key}.")
+
+    walk(cfg, "")
+    if unknown:
+        key, parent, known = unknown[0]
+        options = ", ".join(k for k in known if not k.startswith("_"))
+        raise ConfigError(f"{key} is not a key of {parent or 'the config'} (its keys: "
+                          f"{options}); check the spelling and drop the key or its +")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (??? in the config): set it, "
+                          f"e.g. {missing[0]}=VALUE")
+    for key in ("lr", "momentum", "weight_decay"):
+        value = cfg.optimizer.get(key)
+        if value is not None and value < 0:
+            raise ConfigError(f"optimizer.{key} must be >= 0, got {value}")
+    betas = cfg.optimizer.get("betas")
+    if betas is not None and not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"optimizer.betas must lie in [0, 1), got {list(betas)}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be in 0..2**32-1 (numpy's range), got {cfg.seed}")
+    if cfg.logger.train_every < 1:
+        raise ConfigError(f"logger.train_every must be >= 1 (iterations per train.csv row), "
+                          f"got {cfg.logger.train_every}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import math
 import platform
 import random
@@ -22,12 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 import cl_bench
 from cl_bench.budget.budget import Budget
 from cl_bench.budget.flops import FlopCounter
-from cl_bench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cl_bench.checkpoint import (
+    CorruptCheckpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from cl_bench.config import check_config
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
+from cl_bench.errors import ConfigError, describe, user_error
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
 from cl_bench.loggers.console import ConsoleLogger
-from cl_bench.loggers.csv_logger import CSVLogger
+from cl_bench.loggers.csv_logger import CSVLogger, write_summary
 from cl_bench.memory.base import Memory
 from cl_bench.methods.base import Method
 from cl_bench.metrics.accuracy import all_metrics
@@ -35,16 +44,23 @@ from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
 from cl_bench.plugins.stability_gap import NMCHead
 
+log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
+log.addHandler(logging.NullHandler())
+
 
 class RunInterrupted(KeyboardInterrupt):
-    """Raised by the SIGTERM handler so a terminated run is recorded as interrupted."""
+    """Raised by the SIGTERM handler (with the signal's name) so a terminated run is
+    recorded as interrupted."""
 
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but torch sees no CUDA device; use device=cpu or auto")
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu or auto")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but this torch has no usable MPS (Apple GPU) backend; "
+                          "use device=cpu or auto")
     return torch.device(requested)
 
 
@@ -198,14 +214,29 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.resume = resume
         self.summary = identity(cfg)
         self.summary.update(status="running", error="")
-        # resuming continues after the last checkpointed task, or starts over without one
-        checkpoint = load_checkpoint(self.run_dir) if resume else None
-        self.state = RunState(**checkpoint) if checkpoint else RunState()
-        self.resumed = checkpoint is not None
+        self.state = RunState()
+        self.resumed = False
+        self.loggers: list = []
+        self.console = ConsoleLogger(cfg.logger.console)
+
+    def _open(self) -> None:
+        """Restores the last checkpoint (when resuming; a corrupt one is reported and the
+        run starts over) and opens the loggers."""
+        cfg = self.cfg
+        if self.resume:
+            try:
+                checkpoint = load_checkpoint(self.run_dir)
+            except CorruptCheckpoint as err:
+                self.console.warn(f"{err}; starting the run over")
+                checkpoint = None
+            if checkpoint is not None:
+                self.state = RunState(**checkpoint)
+                self.resumed = True
         self.loggers = [CSVLogger(self.run_dir,
-                                  keep_through_task=self.state.task if resume else None)]
+                                  keep_through_task=self.state.task if self.resume else None)]
         if cfg.logger.name == "wandb":
             from cl_bench.loggers.wandb_logger import WandbLogger
 
@@ -213,25 +244,43 @@ class Run:
             self.loggers.append(WandbLogger(
                 self.run_dir, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 name=self.run_dir.name, project=lg.project, entity=lg.entity, mode=lg.mode,
-                group=lg.group or _sweep_group(), tags=lg.tags,
+                group=lg.group or _sweep_group(), tags=lg.tags, init_timeout=lg.init_timeout,
+                warn=self.console.warn,
             ))
-        self.console = ConsoleLogger(cfg.logger.console)
 
     def _log(self, kind: str, rows) -> None:
         for logger in self.loggers:
             getattr(logger, kind)(rows)
 
     def execute(self) -> dict:
+        """Runs to the end. Whatever stops it, summary.json says why (status, error) and
+        error.txt holds the traceback; the summary is written first (small) at the start
+        and at the end, so a full disk or a signal does not lose it."""
         start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        failure = None
         try:
+            write_summary(self.run_dir, self.summary)
+            log.info("run %s in %s", self.summary["run_id"], self.run_dir)
+            self._open()
             self._train()
             self.summary["status"] = "completed"
-        except KeyboardInterrupt:
-            self.summary["status"] = "interrupted"
+        except KeyboardInterrupt as err:
+            at = self.state.task + 1
+            reason = (f"interrupted by {str(err) or 'SIGINT (Ctrl-C)'} at step "
+                      f"{self.state.step} (task {at}); rerun with skip_done=true to resume "
+                      f"from task {at}")
+            self.summary.update(status="interrupted", error=reason)
+            failure = traceback.format_exc()
+            err.clbench_reason = reason
+            err.clbench_run_dir = self.run_dir
             raise
         except Exception as err:
-            self.summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-            (self.run_dir / "error.txt").write_text(traceback.format_exc())
+            cause = user_error(err) or err
+            self.summary.update(status="failed", error=f"{type(cause).__name__}: "
+                                                       f"{describe(cause)}")
+            failure = traceback.format_exc()
+            err.clbench_run_dir = self.run_dir
             raise
         finally:
             self.console.stop()
@@ -244,13 +293,33 @@ class Run:
                 eval_overhead=st.eval_seconds / st.train_seconds if st.train_seconds else None,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             )
-            self._log("log_summary", self.summary)
-            for logger in self.loggers:
-                logger.close()
+            self._close(failure)
         return self.summary
+
+    def _close(self, failure: str | None) -> None:
+        """Summary first, then error.txt (the error, then the traceback), then the other
+        loggers. After a failure nothing here may replace the error in flight (a full disk
+        fails these writes too)."""
+        steps = [functools.partial(write_summary, self.run_dir, self.summary)]
+        if failure is not None:
+            text = f"{self.summary['status']}: {self.summary['error']}\n\n{failure}"
+            log.error("run %s", text)
+            steps.append(functools.partial((self.run_dir / "error.txt").write_text, text))
+        for logger in self.loggers:
+            if not isinstance(logger, CSVLogger):  # the CSV logger's summary is written
+                steps.append(functools.partial(logger.log_summary, self.summary))
+            steps.append(logger.close)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                if failure is None:
+                    raise
+                log.exception("while recording the failure")
 
     def _train(self) -> None:
         cfg, state = self.cfg, self.state
+        check_config(cfg)
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)
@@ -318,6 +387,10 @@ class Run:
         for s in parts.stream.scenarios:
             state.rows[s].append(result[s])
         state.task = task.id
+        scenario = self.summary["scenario"]
+        log.info("task %d/%d: %d steps so far, %.1f s training; %s accuracy per task %s",
+                 task.id + 1, len(parts.stream), state.step, state.train_seconds, scenario,
+                 " ".join(f"{a:.4f}" for a in result[scenario]))
 
     def _flush_train(self, task_id, window: LossWindow, counter, t_start) -> None:
         n, means = window.flush()  # the loss sync every logger.train_every steps
@@ -358,6 +431,8 @@ class Run:
             **counter.component_columns(),
         )
         self.summary.update(parts.memory.stats())
+        log.info("completed: %s; train FLOPs %.4g", ", ".join(
+            f"acc_{s} {self.summary[f'acc_{s}']:.4f}" for s in matrices), counter.train_flops)
         self.console.report(matrices, self.summary, self.run_dir)
 
 
@@ -398,6 +473,25 @@ def _sweep_group() -> str | None:
     return None
 
 
+def _move_log(removed: Path, previous: Path) -> None:
+    """Points the log files that Hydra opened in the removed fresh run directory at the
+    reused run's own clbench.log (appended to)."""
+    for handler in logging.getLogger().handlers:
+        name = getattr(handler, "baseFilename", None)
+        if isinstance(handler, logging.FileHandler) and name and \
+                Path(name).parent.resolve() == removed.resolve():
+            handler.close()
+            handler.baseFilename = str(previous.resolve() / Path(name).name)
+            handler.mode = "a"  # reopened at the next record
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run one experiment into `run_dir` and return its summary row.
 
@@ -412,10 +506,12 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
             if previous.resolve() == here:
                 continue
             shutil.rmtree(run_dir, ignore_errors=True)
-            console = ConsoleLogger(cfg.logger.console).console
+            _remove_if_empty(Path(run_dir).parent)  # a date folder made for this run only
+            _move_log(Path(run_dir), previous)
+            console = ConsoleLogger(cfg.logger.console)
             if summary.get("status") == "completed":
-                console.print(f"skip_done: run {rid} already completed in {previous}")
+                console.say(f"skip_done: run {rid} already completed in {previous}")
                 return summary
-            console.print(f"skip_done: resuming run {rid} in {previous}")
+            console.say(f"skip_done: resuming run {rid} in {previous}")
             return Run(cfg, previous, resume=True).execute()
     return Run(cfg, run_dir).execute()

@@ -111,9 +111,11 @@ def test_sigterm_marks_the_run_interrupted(tmp_path):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "Traceback" not in proc.stderr.read().decode()
     summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
-    assert summary.status == "interrupted"
+    assert summary.status == "interrupted" and "SIGTERM" in summary.error
+    assert (run_dir / "error.txt").read_text().startswith("interrupted: interrupted by SIGTERM")
     train = pd.read_csv(run_dir / "train.csv")  # rows written so far are whole
     assert train.notna().all().all() and len(train) >= 2
 

@@ -81,3 +81,35 @@ def test_pareto_front():
     flops = [1.0, 2.0, 3.0, 4.0]
     acc = [0.5, 0.4, 0.8, 0.7]
     assert pareto_front(pd.Series(flops).to_numpy(), pd.Series(acc).to_numpy()).tolist() == [0, 2]
+
+
+def test_tables_show_the_ci_and_escape_latex(sweep, tmp_path):
+    assert compare([str(sweep), "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "compare.csv").set_index("method")
+    mean, ci = table.loc["er", "acc_class_il_mean"], table.loc["er", "acc_class_il_ci95"]
+    interval = f"[{mean - ci:.4f}, {mean + ci:.4f}]"
+    assert interval in (tmp_path / "compare.md").read_text()
+    assert "95% CI" in (tmp_path / "compare.md").read_text()
+    tex = (tmp_path / "compare.tex").read_text()
+    assert interval in tex and r"acc\_class\_il" in tex and "\\toprule" in tex
+
+    from cl_bench.report.tables import to_latex
+
+    frame = pd.DataFrame({"a_b": ["x & y", "50%", "$5 #1 {z}"]})
+    assert to_latex(frame).split("\\midrule")[1].split("\\bottomrule")[0].split() == [
+        "x", r"\&", "y", "\\\\", r"50\%", "\\\\", r"\$5", r"\#1", r"\{z\}", "\\\\"]
+
+
+def test_help_says_95_percent_once(capsys):
+    with pytest.raises(SystemExit):
+        compare(["--help"])
+    out = capsys.readouterr().out
+    assert "95% CI" in out and "%%" not in out
+
+
+def test_a_directory_whose_only_run_has_no_summary(tmp_path, capsys):
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    assert compare([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "nothing to average" in out and "missing" in out

@@ -8,6 +8,8 @@ under `<root>` (downloaded first when `download=True`). The offline default
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cl_bench.errors import DataError, UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """Raised when a dataset is neither on disk nor downloadable; says how to fix it."""
 
 
@@ -27,16 +31,18 @@ class DatasetInfo:
     torchvision_folder: str | None  # where torchvision keeps its files under the root
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    n_classes: int  # labels are 0..n_classes-1
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", None, None, (0.3063,), (0.3783,)),
-    "mnist": DatasetInfo("MNIST", "MNIST", "MNIST/raw", (0.1307,), (0.3081,)),
-    "fmnist": DatasetInfo("FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,)),
+    "digits": DatasetInfo("digits", None, None, (0.3063,), (0.3783,), 10),
+    "mnist": DatasetInfo("MNIST", "MNIST", "MNIST/raw", (0.1307,), (0.3081,), 10),
+    "fmnist": DatasetInfo("FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (0.2860,),
+                          (0.3530,), 10),
     "cifar10": DatasetInfo("CIFAR10", "CIFAR10", "cifar-10-batches-py",
-                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
     "cifar100": DatasetInfo("CIFAR100", "CIFAR100", "cifar-100-python",
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
 }
 
 
@@ -88,28 +94,55 @@ def _find_archive(folder: Path) -> Path | None:
 
 def _to_nchw(x: np.ndarray, source: Path | str) -> torch.Tensor:
     if x.dtype != np.uint8:
-        raise ValueError(f"{source}: images must be uint8, got {x.dtype}")
+        raise DataError(f"{source}: images must be uint8, got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
         x = x.transpose(0, 3, 1, 2)
     else:
-        raise ValueError(f"{source}: images must be (N, H, W) or (N, H, W, C), got {x.shape}")
+        raise DataError(f"{source}: images must be (N, H, W) or (N, H, W, C), got {x.shape}")
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _labels(y: np.ndarray, x: torch.Tensor, key: str, source: Path, info: DatasetInfo):
+    """`y` as int64 after checking it: integers in 0..n_classes-1, one per image."""
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{source}: {key} holds {y.shape} labels for {len(x)} images; "
+                        "it needs one label per image")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise DataError(f"{source}: {key} must hold integer class labels, got {y.dtype}; "
+                        "store them with .astype(np.int64)")
+    if len(y) and (y.min() < 0 or y.max() >= info.n_classes):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise DataError(f"{source}: {key} holds label {bad}, outside 0..{info.n_classes - 1} "
+                        f"({info.dir_name} has {info.n_classes} classes)")
+    return torch.as_tensor(y, dtype=torch.int64)
+
+
+NPZ_READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
 def _load_npz(path: Path, info: DatasetInfo) -> ArrayDataset:
-    with np.load(path) as arrays:
-        missing = {"train_x", "train_y", "test_x", "test_y"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{path} lacks arrays {sorted(missing)}; see README 'Data'")
-        return ArrayDataset(
-            _to_nchw(arrays["train_x"], path),
-            torch.as_tensor(arrays["train_y"], dtype=torch.int64),
-            _to_nchw(arrays["test_x"], path),
-            torch.as_tensor(arrays["test_y"], dtype=torch.int64),
-            info,
-        )
+    try:
+        with np.load(path) as arrays:
+            missing = {"train_x", "train_y", "test_x", "test_y"} - set(arrays.files)
+            if missing:
+                raise DataError(f"{path} lacks arrays {sorted(missing)}; see README 'Data'")
+            raw = {k: arrays[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+    except DataError:
+        raise
+    except NPZ_READ_ERRORS as err:
+        # np.load reads a file that is not a zip archive as a pickle, and refuses it
+        why = "not a zip archive" if "pickled" in str(err) else f"{type(err).__name__}: {err}"
+        raise DataError(f"{path} cannot be read as an .npz archive ({why}): it is corrupt "
+                        "or truncated; write it again (np.savez) or remove it to use "
+                        "torchvision's files") from err
+    train_x, test_x = _to_nchw(raw["train_x"], path), _to_nchw(raw["test_x"], path)
+    return ArrayDataset(
+        train_x, _labels(raw["train_y"], train_x, "train_y", path, info),
+        test_x, _labels(raw["test_y"], test_x, "test_y", path, info),
+        info,
+    )
 
 
 def _load_torchvision(name: str, info: DatasetInfo, root: Path, download: bool) -> ArrayDataset:
@@ -119,7 +152,16 @@ def _load_torchvision(name: str, info: DatasetInfo, root: Path, download: bool) 
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True"
+    except (RuntimeError, ValueError, EOFError, OSError) as err:
+        folder = root / info.torchvision_folder
+        message = str(err).lower()
+        if ("not found" not in message and "download" not in message and folder.is_dir()
+                and any(folder.iterdir())):  # the files are there but do not load
+            raise DataError(
+                f"dataset {name!r}: torchvision found its files in {folder} but cannot "
+                f"read them ({err})" + _truncated_idx(folder)
+                + "; a file is truncated or corrupt: copy or download it again"
+            ) from err
         raise DatasetNotFoundError(
             f"dataset {name!r} not found: looked for {root / info.dir_name}/*.npz and "
             f"torchvision's files in {root / info.torchvision_folder}"
@@ -134,6 +176,27 @@ def _load_torchvision(name: str, info: DatasetInfo, root: Path, download: bool) 
         x = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
         arrays += [_to_nchw(x, root / info.dir_name), torch.as_tensor(split.targets)]
     return ArrayDataset(*arrays, info=info)
+
+
+def _truncated_idx(folder: Path) -> str:
+    """', e.g. <file> holds N bytes where its header promises M' for the first IDX file
+    (MNIST's format) in `folder` whose size does not match its header."""
+    if not folder.is_dir():
+        return ""
+    for path in sorted(folder.iterdir()):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+                if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 8:  # IDX, uint8 data
+                    continue
+                dims = np.frombuffer(f.read(4 * head[3]), dtype=">u4")
+        except OSError:
+            continue
+        expected = 4 + 4 * head[3] + int(np.prod(dims, dtype=np.int64))
+        if path.stat().st_size != expected:
+            return (f", e.g. {path} holds {path.stat().st_size} bytes where its header "
+                    f"promises {expected}")
+    return ""
 
 
 def _load_digits(info: DatasetInfo) -> ArrayDataset:

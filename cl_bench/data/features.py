@@ -29,7 +29,7 @@ def feature_stream(*, weights: str, root: str | Path | None = None, **kw) -> Tas
     Features are cached next to the dataset as `features_<weights sha>.pt`."""
     stream = split_stream(root=root, **kw)
     extractor = conv5_extractor().eval()
-    digest = load_conv5(extractor, weights)
+    digest = load_conv5(extractor, weights, key="benchmark.weights")
     cache = Path(root).expanduser() / DATASETS[kw["dataset"]].dir_name / f"features_{digest}.pt"
     if cache.is_file():
         feats = torch.load(cache)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import numpy as np
 from rich.console import Console
 from rich.progress import (
@@ -14,11 +17,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+log = logging.getLogger("cl_bench")
+
 
 class ConsoleLogger:
     """Progress bar per task (loss, iterations/s, ETA) and end-of-run tables."""
 
     def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.console = Console(stderr=True, quiet=not enabled)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -48,6 +54,19 @@ class ConsoleLogger:
         if self.progress.live.is_started:
             self.progress.stop()
 
+    def say(self, text: str) -> None:
+        """One line as it is: never wrapped (rich wraps at 80 columns when stderr is not a
+        terminal, which would split a path), no markup."""
+        self.console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+    def warn(self, text: str) -> None:
+        """A warning: on stderr even with logger.console=false, and in clbench.log."""
+        log.warning(text)
+        if self.enabled:
+            self.say(f"warning: {text}")
+        else:
+            sys.stderr.write(f"clbench: warning: {text}\n")
+
     def report(self, matrices: dict[str, np.ndarray], summary: dict, run_dir) -> None:
         self.stop()
         for scenario, a in matrices.items():
@@ -68,6 +87,6 @@ class ConsoleLogger:
         self.console.print(
             f"train FLOPs {summary['train_flops']:.3e}  eval FLOPs {summary['eval_flops']:.3e}  "
             f"train {summary['train_seconds']:.1f} s  eval {summary['eval_seconds']:.1f} s  "
-            f"memory {summary['memory_bytes']} B\n"
-            f"run dir: {run_dir}"
+            f"memory {summary['memory_bytes']} B"
         )
+        self.say(f"run dir: {run_dir}")

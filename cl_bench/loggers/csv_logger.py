@@ -21,9 +21,39 @@ ZERO_FILLED_PREFIX = "flops_"
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to a temporary file and renames it over `path`; a failed write (a
+    full disk) leaves `path` as it was and no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> None:
+    """summary.json and summary.csv, atomically. When the disk is full, summary.json is
+    overwritten in place instead: the run writes it once at its start, so the blocks of
+    that first version are still there to reuse and the status survives."""
+    run_dir = Path(run_dir)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+             for k, v in summary.items()}
+    text = json.dumps(clean, indent=2, default=str)
+    path = run_dir / "summary.json"
+    try:
+        atomic_write(path, text)
+    except OSError:
+        if not path.is_file():
+            raise
+        with open(path, "r+") as f:
+            f.write(text)
+            f.truncate()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(summary))
+    writer.writeheader()
+    writer.writerow(summary)
+    atomic_write(run_dir / "summary.csv", buf.getvalue())
 
 
 def _read(path: Path) -> tuple[list[str], list[dict]]:
@@ -105,14 +135,7 @@ class CSVLogger:
         self._start("train", columns + new, [{**fill, **row} for row in [*earlier, *rows]])
 
     def log_summary(self, summary: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                 for k, v in summary.items()}
-        atomic_write(self.run_dir / "summary.json", json.dumps(clean, indent=2, default=str))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, list(summary))
-        writer.writeheader()
-        writer.writerow(summary)
-        atomic_write(self.run_dir / "summary.csv", buf.getvalue())
+        write_summary(self.run_dir, summary)
 
     def close(self) -> None:
         for f in self._files.values():

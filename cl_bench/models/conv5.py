@@ -27,12 +27,13 @@ def conv5_extractor() -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten())
 
 
-def load_conv5(extractor: nn.Sequential, path: str | Path) -> str:
+def load_conv5(extractor: nn.Sequential, path: str | Path, key: str = "model.weights") -> str:
     """Loads the `conv{i}.*` arrays of a conv5 `.npz` (see the pretrain script); returns
-    the first 12 hex digits of the file's sha256."""
+    the first 12 hex digits of the file's sha256. `key` is the config key that named the
+    file, for the error message."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights={path} does not exist; pretrain one with "
+        raise FileNotFoundError(f"{key}={path} does not exist; pretrain one with "
                                 "scripts/pretrain_extractor.py")
     arrays = np.load(path)
     for i in range(5):
@@ -67,6 +68,8 @@ class Conv5Frozen(nn.Module):
         super().__init__()
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"model=conv5_frozen needs 3x32x32 inputs, got {tuple(input_shape)}")
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"model.hidden={list(hidden)}: every layer width must be >= 1")
         extractor = conv5_extractor()
         if weights is None:
             raise ValueError("model=conv5_frozen needs model.weights=PATH (a conv5 .npz, "

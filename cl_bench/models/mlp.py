@@ -18,6 +18,9 @@ class MLP(nn.Module):
         super().__init__()
         if head not in ("linear", "nmc"):
             raise ValueError(f"model.head={head!r}: choose 'linear' or 'nmc'")
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"model.hidden={list(hidden)}: every layer width must be >= 1 "
+                             "(model.hidden=[] for no hidden layer)")
         self.head_kind = head  # nmc: predict by nearest class mean (plugins/stability_gap.py)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)

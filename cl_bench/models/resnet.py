@@ -37,6 +37,8 @@ class ReducedResNet18(nn.Module):
 
     def __init__(self, input_shape, n_classes: int, nf: int = 20):
         super().__init__()
+        if nf < 1:
+            raise ValueError(f"model.nf={nf}: the stem width must be >= 1 (20 in the paper)")
         in_ch = input_shape[0]
         self.conv1 = nn.Conv2d(in_ch, nf, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(nf)

@@ -11,15 +11,23 @@ from rich.console import Console
 from rich.table import Table
 
 from cl_bench.report.load import load_summaries
-from cl_bench.report.tables import aggregate, display_table, group_keys, to_latex, to_markdown
+from cl_bench.report.tables import (
+    CELL,
+    aggregate,
+    display_table,
+    group_keys,
+    to_latex,
+    to_markdown,
+)
 
 FORMATS = ("md", "tex", "csv")
+LISTED = ["run_dir", "status", "error"]  # how a run that did not complete is listed
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="clbench-compare",
-        description="Compare saved clbench runs: mean ± std and 95%% CI over seeds per group.")
+        description="Compare saved clbench runs: mean ± std and 95% CI over seeds per group.")
     parser.add_argument("paths", nargs="+", help="run or sweep directories (searched recursively)")
     parser.add_argument("--by", help="comma-separated group keys, e.g. method,memory.size "
                         "(default: the config keys that vary between runs)")
@@ -44,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         console.print(f"[red]{err}")
         return 2
+    runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *LISTED])))
     completed = runs[runs.status == "completed"]
     unfinished = runs[runs.status != "completed"]
     out = Path(args.out or args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
 
     if completed.empty:
-        console.print("[red]clbench-compare: no completed run to aggregate")
+        console.print(f"[red]clbench-compare: none of the {len(runs)} runs under "
+                      f"{', '.join(args.paths)} completed, so there is nothing to average "
+                      "(a run without summary.json died before writing one)")
     else:
         keys = [k.strip() for k in args.by.split(",")] if args.by else group_keys(completed)
         missing = [k for k in keys if k not in completed]
@@ -65,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         transposed = shown.drop(columns=keys).T.reset_index()
         transposed.columns = [" ".join(keys)] + labels
         _print(console, transposed,
-               f"{len(completed)} completed runs grouped by {', '.join(keys)}: mean ± std")
+               f"{len(completed)} completed runs grouped by {', '.join(keys)}: {CELL}")
         written = _write(table, shown, unfinished, out, formats)
         if args.plot:
             written += _plots(completed, table, keys, out)
         console.print("wrote " + ", ".join(str(p) for p in written))
     if not unfinished.empty:
-        listing = unfinished[["run_dir", "status", "error"]].fillna("")
+        listing = unfinished[LISTED].astype(object).fillna("")
         _print(console, listing, f"{len(unfinished)} runs not completed (not averaged)")
-    return 0
+    return 1 if completed.empty else 0
 
 
 def _print(console: Console, frame: pd.DataFrame, title: str) -> None:
@@ -90,19 +101,19 @@ def _write(table, shown, unfinished, out: Path, formats) -> list[Path]:
     extra = ""
     if not unfinished.empty:
         extra = "\n**Runs not completed (not averaged):**\n\n" + to_markdown(
-            unfinished[["run_dir", "status", "error"]].fillna(""))
+            unfinished[LISTED].astype(object).fillna(""))
     for fmt in formats:
         path = out / f"compare.{fmt}"
         if fmt == "csv":
             table.to_csv(path, index=False)
         elif fmt == "md":
-            path.write_text(to_markdown(shown) + extra)
+            path.write_text(f"Cells: {CELL} over seeds.\n\n" + to_markdown(shown) + extra)
         else:
             path.write_text(to_latex(shown))
         written.append(path)
     if not unfinished.empty:
         path = out / "compare_unfinished.csv"
-        unfinished[["run_dir", "status", "error"]].to_csv(path, index=False)
+        unfinished[LISTED].to_csv(path, index=False)
         written.append(path)
     return written
 

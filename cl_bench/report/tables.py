@@ -72,31 +72,32 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.4f}"
 
 
-def display_table(table: pd.DataFrame, keys: list[str], pm: str = "±") -> pd.DataFrame:
-    """Strings 'mean ± std' per metric, for printing, Markdown and LaTeX."""
+CELL = "mean ± std [95% CI]"  # what a cell of `display_table` shows
+
+
+def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Strings 'mean ± std [CI low, CI high]' per metric (the 95% CI only with two or
+    more seeds), for printing, Markdown and LaTeX."""
     shown = table[keys + ["n"]].copy()
     for col in table.columns:
         if col.endswith("_mean"):
             metric = col[: -len("_mean")]
-            shown[metric] = [f"{_fmt(m, metric)} {pm} {_fmt(s, metric)}"
-                             for m, s in zip(table[col], table[f"{metric}_std"], strict=True)]
+            cells = []
+            for m, s, h in zip(table[col], table[f"{metric}_std"], table[f"{metric}_ci95"],
+                               strict=True):
+                ci = "" if pd.isna(h) else f" [{_fmt(m - h, metric)}, {_fmt(m + h, metric)}]"
+                cells.append(f"{_fmt(m, metric)} ± {_fmt(s, metric)}{ci}")
+            shown[metric] = cells
     return shown
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table (pandas' writer, through tabulate)."""
+    return frame.to_markdown(index=False, tablefmt="github") + "\n"
 
 
 def to_latex(frame: pd.DataFrame) -> str:
-    def esc(text) -> str:
-        return str(text).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
-
-    lines = [r"\begin{tabular}{" + "l" * len(frame.columns) + "}", r"\toprule",
-             " & ".join(esc(c) for c in frame.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs LaTeX tabular (pandas' writer): text escaped (& % $ # _ { } ~ ^ \\),
+    ± as $\\pm$."""
+    text = frame.to_latex(index=False, escape=True, column_format="l" * len(frame.columns))
+    return text.replace("±", r"$\pm$")
