@@ -196,7 +196,8 @@ class BufferLogger:
 
 class TuneConsole(ConsoleLogger):
     """The runner's progress bars, one line per attempt, named after the attempt and,
-    once it ends, showing its validation accuracy and the verdict."""
+    once it ends, showing its validation accuracy and verdict (printed as a plain line
+    when the output is not a terminal, where the bars show only at the end)."""
 
     label = ""
 
@@ -205,8 +206,11 @@ class TuneConsole(ConsoleLogger):
         self._description = f"task {task_id + 1}/{n_tasks} {self.label}"
         self.progress.update(self._bar, description=self._description)
 
-    def verdict(self, text: str) -> None:
-        self.progress.update(self._bar, description=f"{self._description}  {text}")
+    def verdict(self, text: str, last: bool = True) -> None:
+        self._description += f"  {text}"
+        self.progress.update(self._bar, description=self._description)
+        if last and not self.console.is_terminal:
+            self.console.print(self._description, highlight=False)
 
 
 @dataclass
@@ -358,7 +362,7 @@ class TuneRun(Run):
         spent = parts.counter.train_flops - flops
         self.tune_flops += spent
         self.trainings += 1
-        self.console.verdict("diverged" if diverged else f"val {acc:.4f}")
+        self.console.verdict("diverged" if diverged else f"val {acc:.4f}", last=knobs is None)
         return Attempt(parts, state, buffer, acc, spent, time.perf_counter() - t0, diverged)
 
     def _keep(self, attempt: Attempt) -> None:

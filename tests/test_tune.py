@@ -4,6 +4,8 @@ split it tunes on (`benchmark.val_fraction`)."""
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,6 +122,14 @@ def test_the_tune_config_composes_over_an_experiment_and_rejects_unknown_keys():
     assert dict(compose_config([]).tune) == {}  # plain clbench: no tune settings
     with pytest.raises(Exception, match="tune.thresh"):
         compose_tune(["tune.thresh=0.1"])
+
+
+def test_clbench_tune_help_shows_its_usage_and_settings(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cl_bench.tune", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: clbench-tune" in result.stdout
+    assert "first_task_extra_lrs" in result.stdout and "max_attempts: 10" in result.stdout
 
 
 # -- the validation split -----------------------------------------------------------------
