@@ -1,6 +1,6 @@
 """`clbench-tune`: the continual hyper-parameter framework of De Lange et al. (TPAMI 2021,
-"A continual learning survey: Defying forgetting in classification tasks", section 5.1;
-reference code Mattdl/CLsurvey `src/framework/framework_train.py`) over any clbench config.
+"A continual learning survey: Defying forgetting in classification tasks"; reference
+code Mattdl/CLsurvey `src/framework/framework_train.py`) over any clbench config.
 
 Per task t, using only task t's data (its training split and its validation split,
 `benchmark.val_fraction`):
