@@ -134,8 +134,9 @@ def _report(err: BaseException) -> str | None:
     return text + "\n(HYDRA_FULL_ERROR=1 shows the traceback)"
 
 
-def main() -> None:
-    """The `clbench` command. Every error comes back here (Hydra is told to re-raise them)
+def main(entry=None, prog: str = "clbench") -> None:
+    """The `clbench` command (or another Hydra entry point `entry`, e.g. clbench-tune's,
+    named `prog` in messages). Every error comes back here (Hydra is told to re-raise them)
     and is reported as one short message naming the key or file and the fix: a user error
     (cl_bench.errors), an interrupt, a bad override, under --help too. A bug keeps its
     traceback; HYDRA_FULL_ERROR=1 shows the traceback of everything."""
@@ -143,12 +144,12 @@ def main() -> None:
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _run()
+        (entry or _run)()
     except (Exception, KeyboardInterrupt) as err:
         message = None if full else _report(err)
         if message is None:
             raise
-        sys.stderr.write(f"clbench: {message}\n")
+        sys.stderr.write(f"{prog}: {message}\n")
         signum = getattr(signal, str(err), signal.SIGINT) if isinstance(
             err, KeyboardInterrupt) else None
         sys.exit(1 if signum is None else 128 + signum)  # the shell's code for a signal

@@ -84,6 +84,7 @@ class ClbenchConf:
     optimizer: Any = MISSING
     budget: Any = MISSING
     plugins: dict[str, Any] = field(default_factory=dict)  # plugin=[...] places them here
+    tune: dict[str, Any] = field(default_factory=dict)  # clbench-tune's settings (cl_bench/tune.py)
     eval: EvalConf = MISSING
     logger: LoggerConf = MISSING
     data: DataConf = field(default_factory=DataConf)

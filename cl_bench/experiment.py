@@ -31,7 +31,7 @@ from cl_bench.checkpoint import (
     set_rng_state,
 )
 from cl_bench.config import check_config
-from cl_bench.data.stream import Task, TaskStream
+from cl_bench.data.stream import Task, TaskStream, carve_validation
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError, describe, user_error
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
@@ -105,8 +105,11 @@ def scenario_of(cfg: DictConfig) -> str:
 
 
 def build_stream(cfg: DictConfig) -> TaskStream:
-    stream = instantiate_part(cfg.benchmark, ("scenario", "augment"), root=cfg.data.root,
-                    download=cfg.data.download)
+    """The benchmark's stream, with each task's validation split (`benchmark.val_fraction`
+    of its training data, drawn with the run's seed) held out."""
+    stream = instantiate_part(cfg.benchmark, ("scenario", "augment", "val_fraction"),
+                              root=cfg.data.root, download=cfg.data.download)
+    stream = carve_validation(stream, cfg.benchmark.get("val_fraction", 0.0), cfg.seed)
     scenario = scenario_of(cfg)
     if scenario not in stream.scenarios:
         raise ValueError(
@@ -145,14 +148,15 @@ def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
                             **({"run_dir": str(run_dir)} if stores_files else {}))
 
 
-def build_parts(cfg: DictConfig, run_dir: Path) -> Parts:
-    """The stream, model (inside the method), memory, plugins, method, budget with its
-    FLOP counter, and evaluator of `cfg`, in an order that fixes their RNG draws."""
+def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None) -> Parts:
+    """The stream (unless given: `clbench-tune` builds one per attempt over one stream),
+    model (inside the method), memory, plugins, method, budget with its FLOP counter, and
+    evaluator of `cfg`, in an order that fixes their RNG draws."""
     if cfg.eval.every < 0:
         raise ValueError(f"eval.every must be >= 0 (0 turns continual evaluation off), "
                          f"got {cfg.eval.every}")
     device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
-    stream = build_stream(cfg)
+    stream = stream if stream is not None else build_stream(cfg)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
     class_mask = stream.class_mask(device)
     model = instantiate_part(cfg.model, input_shape=stream.input_shape,

@@ -123,6 +123,7 @@ class SplitBenchmarkConf:
     class_seed: int = 0
     scenario: Scenario = Scenario.class_il
     augment: str = "none"
+    val_fraction: float = 0.0  # of each task's training data held out for validation
 
 
 @schema("benchmark", "permuted")
@@ -136,3 +137,4 @@ class PermutedBenchmarkConf:
     permutation_seed: int = 0
     scenario: Scenario = Scenario.domain_il
     augment: str = "none"
+    val_fraction: float = 0.0  # of each task's training data held out for validation

@@ -70,3 +70,4 @@ class RotatedBenchmarkConf:
     angles: list[float] = field(default_factory=lambda: [0.0, 80.0, 160.0])
     scenario: Scenario = Scenario.domain_il
     augment: str = "none"
+    val_fraction: float = 0.0  # of each task's training data held out for validation

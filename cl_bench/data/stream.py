@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 
 @dataclass
 class Task:
-    """One task: uint8 images (N, C, H, W) and int64 labels, train and test split."""
+    """One task: uint8 images (N, C, H, W) and int64 labels, train and test split, and a
+    validation split held out of the training data (`benchmark.val_fraction`; None
+    without one)."""
 
     id: int
     classes: list[int]
@@ -17,12 +19,15 @@ class Task:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Task:
         return Task(
             self.id,
             self.classes,
-            *(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)),
+            *(t if t is None else t.to(device) for t in (
+                self.train_x, self.train_y, self.test_x, self.test_y, self.val_x, self.val_y)),
         )
 
 
@@ -56,3 +61,33 @@ class TaskStream:
         for task in self.tasks:
             mask[task.id, task.classes] = True
         return mask
+
+
+def carve_validation(stream: TaskStream, fraction: float, seed: int) -> TaskStream:
+    """Holds out `fraction` of every task's training samples as its validation split
+    (`val_x`, `val_y`), stratified: fraction * n_c samples (rounded) of each class c, drawn
+    with `seed`, at least one left for training; the rest stay in `train_x`, `train_y` in
+    their order. The test sets are not touched. `fraction=0` returns `stream` itself."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"benchmark.val_fraction={fraction} must be in [0, 1): the fraction "
+                         f"of each task's training data held out for validation (0 = none)")
+    if fraction == 0:
+        return stream
+    gen = torch.Generator().manual_seed(seed)
+    tasks = []
+    for task in stream.tasks:
+        picked = []
+        for c in torch.unique(task.train_y).tolist():
+            idx = (task.train_y == c).nonzero().squeeze(1)
+            n = min(int(fraction * len(idx) + 0.5), len(idx) - 1)
+            picked.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+        val = torch.cat(picked).sort().values
+        if not len(val):
+            raise ValueError(
+                f"benchmark.val_fraction={fraction} leaves task {task.id} without validation "
+                f"samples ({len(task.train_y)} training samples); raise it")
+        keep = torch.ones(len(task.train_y), dtype=torch.bool)
+        keep[val] = False
+        tasks.append(replace(task, train_x=task.train_x[keep], train_y=task.train_y[keep],
+                             val_x=task.train_x[val], val_y=task.train_y[val]))
+    return replace(stream, tasks=tasks)

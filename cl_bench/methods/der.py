@@ -22,6 +22,8 @@ class DER(ER):
     Continual Learning"): memory holds the logits each sample had when it was stored, and
     replay matches them with an MSE term weighted by `alpha`."""
 
+    stability_knobs = ("alpha",)
+
     def __init__(self, alpha: float = 0.3, **kw):
         super().__init__(**kw)
         self.alpha = alpha

@@ -18,6 +18,8 @@ class DERpp(DER):
     """DER++ (Buzzega et al., NeurIPS 2020): DER's logit-matching term plus a
     cross-entropy term, weighted by `beta`, on a second, independently drawn memory batch."""
 
+    stability_knobs = ("alpha", "beta")
+
     def __init__(self, beta: float = 0.5, **kw):
         super().__init__(**kw)
         self.beta = beta

@@ -105,6 +105,14 @@ class Evaluator:
             return self._score(predict, x, y, t, n_tasks=n_seen, ready=True,
                                task_aware=task_aware)
 
+    def task_accuracy(self, predict, x, y, task_id: int,
+                      task_aware: bool = False) -> dict[str, float]:
+        """Accuracy, per scenario, of samples `x`, `y` of task `task_id` from outside the
+        test set (its validation split)."""
+        t = torch.full_like(y, task_id)
+        scores = self._score(predict, x, y, t, n_tasks=task_id + 1, task_aware=task_aware)
+        return {s: float(acc[task_id]) for s, acc in scores.items()}
+
     @torch.inference_mode()
     def _score(self, predict, x, y, task_ids, n_tasks, ready=False,
                task_aware=False) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ class L2Pull(Plugin):
     information: loss term `l2_pull` = strength / 2 * sum_i (theta_i - theta*_i)^2 over the
     trainable parameters, theta* taken at the end of each task (none during the first)."""
 
+    stability_knobs = ("strength",)
+
     def __init__(self, strength: float = 1.0):
         if strength < 0:
             raise ValueError(f"plugins.l2_pull.strength={strength} must be >= 0")
