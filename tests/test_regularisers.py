@@ -20,7 +20,7 @@ from cl_bench.plugins.ewc import EWC
 from cl_bench.plugins.imm import IMM
 from cl_bench.plugins.mas import MAS
 from cl_bench.plugins.si import SI
-from conftest import compose_config, needs_mnist
+from conftest import compose_config, interrupt_and_resume, needs_mnist
 
 IDENTITY = Preprocess((0.0,), (1 / 255,), "cpu")  # uint8 x -> float x
 
@@ -361,6 +361,18 @@ def test_state_dict_round_trip_gives_identical_penalties(name):
         assert torch.equal(pa, pb)
 
 
+def test_a_resumed_run_continues_exactly(tmp_path, monkeypatch):
+    # every plugin's state through the runner's checkpoint: stopped in task 2, resumed
+    summary, ref = interrupt_and_resume(
+        tmp_path, monkeypatch, Finetune,
+        ["scenario=task_il", "plugin=[ewc,si,mas,imm]", "plugins.imm.mode=mode",
+         "plugins.ewc.online=true", "plugins.ewc.gamma=0.9", "plugins.ewc.strength=10",
+         "plugins.si.strength=1", "budget.epochs=null",
+         "budget.iters=15", "eval.every=0"], stop_at=40)
+    assert summary["resumed_after_task"] == 1
+    assert summary["flops_importance"] == ref["flops_importance"] > 0
+
+
 def test_every_scenario_supported_and_knobs_are_constructor_arguments():
     import inspect
 
@@ -386,8 +398,8 @@ def test_bad_values_fail_before_training_naming_the_key(build, key):
 
 
 def test_presets_compose_and_plugins_compose_with_replay():
-    for preset, plugin, extra in (("ewc", "ewc", {"online": False}),
-                                  ("online_ewc", "ewc", {"online": True}),
+    for preset, plugin, extra in (("ewc", "ewc", {"online": False, "strength": 1e5}),
+                                  ("online_ewc", "ewc", {"online": True, "strength": 1e5}),
                                   ("si", "si", {}), ("mas", "mas", {}),
                                   ("imm_mean", "imm", {"mode": "mean"}),
                                   ("imm_mode", "imm", {"mode": "mode"})):
@@ -396,9 +408,9 @@ def test_presets_compose_and_plugins_compose_with_replay():
         assert cfg.method._target_ == "cl_bench.methods.finetune.Finetune"
         assert list(cfg.plugins) == [plugin]
         assert all(cfg.plugins[plugin][k] == v for k, v in extra.items())
-    cfg = compose_config(["method=er", "plugin=[ewc,si]", "plugins.ewc.strength=5"])
+    cfg = compose_config(["method=er", "plugin=[ewc,si]", "plugins.si.strength=5"])
     assert cfg.method.name == "er" and list(cfg.plugins) == ["ewc", "si"]
-    assert cfg.plugins.ewc.strength == 5
+    assert cfg.plugins.si.strength == 5 and cfg.plugins.ewc.strength == 100  # SGD-safe default
 
 
 @needs_mnist

@@ -35,7 +35,7 @@ class EWC(Plugin):
 
     stability_knobs = ("strength",)
 
-    def __init__(self, strength: float = 1e5, fisher_samples: int | None = None,
+    def __init__(self, strength: float = 100.0, fisher_samples: int | None = None,
                  fisher_labels: str = "all", online: bool = False, gamma: float = 1.0):
         if strength < 0:
             raise ValueError(f"plugins.ewc.strength={strength} must be >= 0")
@@ -82,14 +82,16 @@ class EWC(Plugin):
         return {"terms": [(dict(a), dict(f)) for a, f in self.terms]}
 
     def load_state_dict(self, state):
-        self.terms = [(dict(a), dict(f)) for a, f in state["terms"]]
+        model = self.method.model
+        self.terms = [(importance.on_device(model, a), importance.on_device(model, f))
+                      for a, f in state["terms"]]
 
 
 @schema("plugin", "ewc")
 @dataclass
 class EWCConf(PluginConf):
     _target_: str = "cl_bench.plugins.ewc.EWC"
-    strength: float = 1e5
+    strength: float = 100.0
     fisher_samples: int | None = None
     fisher_labels: str = "all"
     online: bool = False

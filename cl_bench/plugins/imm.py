@@ -124,8 +124,9 @@ class IMM(Plugin):
                 "fishers": [dict(f) for f in self.fishers]}
 
     def load_state_dict(self, state):
-        self.solutions = [dict(s) for s in state["solutions"]]
-        self.fishers = [dict(f) for f in state["fishers"]]
+        model = self.method.model
+        self.solutions = [importance.on_device(model, s) for s in state["solutions"]]
+        self.fishers = [importance.on_device(model, f) for f in state["fishers"]]
 
 
 @schema("plugin", "imm")

@@ -55,6 +55,13 @@ def snapshot(model: nn.Module) -> Tensors:
     return {n: p.detach().clone() for n, p in trainable(model).items()}
 
 
+def on_device(model: nn.Module, tensors: Tensors) -> Tensors:
+    """`tensors` (e.g. loaded from a checkpoint, which loads onto the CPU) on the device of
+    the parameter of the same name."""
+    params = dict(model.named_parameters())
+    return {n: t.to(params[n].device) for n, t in tensors.items()}
+
+
 def quadratic_penalty(model: nn.Module, anchor: Tensors, weight: Tensors | None = None):
     """sum_n weight_n * (theta_n - anchor_n)^2 over the parameters named in `anchor`
     (unweighted without `weight`)."""

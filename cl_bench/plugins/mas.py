@@ -51,7 +51,9 @@ class MAS(Plugin):
         return {"anchor": dict(self.anchor), "omega": dict(self.omega)}
 
     def load_state_dict(self, state):
-        self.anchor, self.omega = dict(state["anchor"]), dict(state["omega"])
+        model = self.method.model
+        self.anchor = importance.on_device(model, state["anchor"])
+        self.omega = importance.on_device(model, state["omega"])
 
 
 @schema("plugin", "mas")

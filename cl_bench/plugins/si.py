@@ -73,8 +73,10 @@ class SI(Plugin):
         return {"anchor": dict(self.anchor), "omega": dict(self.omega), "path": dict(self.path)}
 
     def load_state_dict(self, state):
-        self.anchor, self.omega = dict(state["anchor"]), dict(state["omega"])
-        self.path = dict(state["path"])
+        model = self.method.model
+        self.anchor = importance.on_device(model, state["anchor"])
+        self.omega = importance.on_device(model, state["omega"])
+        self.path = importance.on_device(model, state["path"])
         self.previous = importance.snapshot(self.method.model)
 
 
