@@ -128,17 +128,32 @@ def test_outer_product_path_equals_per_sample_autograd(scenario, monkeypatch):
     task = Task(1, [2, 3], x, torch.randint(2, 4, (40,)), x, x[:, 0, 0, 0].long() % 2)
     method.begin_task(Task(0, [0, 1], x, x[:, 0, 0, 0].long() % 2, x, x[:, 0, 0, 0].long()))
     method.begin_task(task)
-    assert importance._linear_layers(model, IDENTITY(x[:1]), importance.trainable(model))
+    assert importance._outer_products_apply(model, IDENTITY(x[:1]), importance.trainable(model))
     fast = [importance.fisher(method, task, labels=lab) for lab in ("all", "true", "pred")]
     fast.append(importance.mas(method, task))
     fast_flops = method.counter.components["importance"]
-    monkeypatch.setattr(importance, "_linear_layers", lambda *args: None)
+    monkeypatch.setattr(importance, "_outer_products_apply", lambda *args: False)
     slow = [importance.fisher(method, task, labels=lab) for lab in ("all", "true", "pred")]
     slow.append(importance.mas(method, task))
     for a, b in zip(fast, slow, strict=True):
         for name in a:
             assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-7), name
     assert method.counter.components["importance"] == 2 * fast_flops
+
+
+def test_frozen_layers_get_no_importance(monkeypatch):
+    torch.manual_seed(0)
+    model = MLP((1, 2, 3), 4, hidden=[5, 4])
+    model.features[1].requires_grad_(False)
+    method = make(model, preprocess=Preprocess((0.5,), (0.3,), "cpu"))
+    x = torch.randint(0, 256, (30, 1, 2, 3), dtype=torch.uint8)
+    task = Task(0, [0, 1], x, torch.randint(0, 2, (30,)), x, x[:, 0, 0, 0].long())
+    method.begin_task(task)
+    fast = importance.fisher(method, task)
+    assert set(fast) == {"features.3.weight", "features.3.bias", "head.weight", "head.bias"}
+    monkeypatch.setattr(importance, "_outer_products_apply", lambda *args: False)
+    slow = importance.fisher(method, task)
+    assert all(torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-7) for n in fast)
 
 
 def test_ewc_penalty_by_hand():

@@ -152,12 +152,12 @@ def _estimate(method, task, samples, cotangents: Cotangents, phi, gen) -> Tensor
     try:
         x0 = method.preprocess(task.train_x[index[:1]], train=False)
         forward, backward = _per_sample_flops(model, x0)
-        linear = _linear_layers(model, x0, params)
+        outer_products = _outer_products_apply(model, x0, params)
         for chunk in index.split(CHUNK):
             x = method.preprocess(task.train_x[chunk], train=False)
             y = task.train_y[chunk]
-            if linear is not None:
-                n_cotangents += _linear_pass(model, x, y, active, linear, cotangents, phi, total)
+            if outer_products:
+                n_cotangents += _linear_pass(model, x, y, active, cotangents, phi, total)
             else:
                 n_cotangents += _sample_pass(model, x, y, active, params, cotangents, phi, total)
     finally:
@@ -207,24 +207,23 @@ def _record_linear(model: nn.Module, x: torch.Tensor):
     return z, calls
 
 
-def _linear_layers(model: nn.Module, x: torch.Tensor, params: dict) -> list | None:
-    """The `nn.Linear` modules of the outer-product path, or None when some trainable
-    parameter is outside them, a layer runs twice, or a layer's input is not 2-D."""
+def _outer_products_apply(model: nn.Module, x: torch.Tensor, params: dict) -> bool:
+    """Whether every trainable parameter is a weight or bias of an `nn.Linear` that runs
+    once per forward on a 2-D (sample, feature) input, checked on a batch `x` of one."""
     _, calls = _record_linear(model, x)
     modules = [mod for mod, _, _ in calls]
     if len(set(map(id, modules))) != len(modules):
-        return None
+        return False
     if any(inp.dim() != 2 or len(inp) != len(x) for _, inp, _ in calls):
-        return None
+        return False
     covered = {id(p) for m in modules for p in (m.weight, m.bias) if p is not None}
-    if any(id(p) not in covered for p in params.values()):
-        return None
-    return modules
+    return all(id(p) in covered for p in params.values())
 
 
-def _linear_pass(model, x, y, active, layers, cotangents, phi, total) -> int:
+def _linear_pass(model, x, y, active, cotangents, phi, total) -> int:
     names = {id(p): n for n, p in model.named_parameters()}
     z, calls = _record_linear(model, x)
+    calls = [c for c in calls if c[2].requires_grad]  # e.g. a frozen first layer: no delta
     outputs = [out for _, _, out in calls]
     inputs = [phi(inp.detach()) for _, inp, _ in calls]
     pairs = cotangents(_masked(z.detach(), active), y)
