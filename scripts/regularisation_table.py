@@ -26,9 +26,10 @@ PROTOCOLS = {
 METHODS: dict[str, dict[str, list[str]]] = {
     "finetune": {"split_task": [], "perm_domain": []},
     "ewc": {"split_task": ["plugins.ewc.strength=1e5"],
-            "perm_domain": ["plugins.ewc.strength=100"]},
+            "perm_domain": ["plugins.ewc.strength=100", "plugins.ewc.fisher_samples=1000"]},
     "online_ewc": {"split_task": ["plugins.ewc.strength=1e5"],
-                   "perm_domain": ["plugins.ewc.strength=100"]},
+                   "perm_domain": ["plugins.ewc.strength=100",
+                                   "plugins.ewc.fisher_samples=1000"]},
     "si": {"split_task": ["plugins.si.strength=10"], "perm_domain": ["plugins.si.strength=10"]},
     "mas": {"split_task": [], "perm_domain": []},
     "imm_mean": {"split_task": [], "perm_domain": []},

@@ -38,7 +38,7 @@ class L2Pull(Plugin):
 
     def load_state_dict(self, state):
         params = list(self.method.trainable_parameters())
-        self.anchor = list(zip(params, state["anchor"], strict=False)) if state["anchor"] else []
+        self.anchor = [(p, p0.to(p.device)) for p, p0 in zip(params, state["anchor"], strict=False)]
 
 
 @schema("plugin", "l2_pull")
