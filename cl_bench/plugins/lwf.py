@@ -1,0 +1,105 @@
+"""Learning without Forgetting: distillation from the model of the previous task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cl_bench.plugins.base import Plugin, PluginConf
+from cl_bench.schemas import schema
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015, as in van de Ven's `loss_fn_kd`):
+    T^2 * mean over the batch of -sum_c softmax(teacher / T)_c log_softmax(student / T)_c.
+    `teacher` may have fewer columns than `student`: its probabilities are zero-padded on
+    the right, so the student's extra (newer) classes are pushed toward zero probability."""
+    log_q = F.log_softmax(student / temperature, dim=1)
+    p = F.softmax(teacher / temperature, dim=1)
+    return -(p * log_q[:, : teacher.shape[1]]).sum(1).mean() * temperature**2
+
+
+def check_distill_args(name: str, temperature: float, alpha: float | None) -> None:
+    if not temperature > 0:
+        raise ValueError(f"plugins.{name}.temperature={temperature} must be > 0 (2 in LwF)")
+    if alpha is not None and alpha < 0:
+        raise ValueError(f"plugins.{name}.alpha={alpha} must be >= 0, or null for "
+                         "van de Ven's weighting (t - 1 on task t)")
+
+
+class LwF(Plugin):
+    """Learning without Forgetting (Li & Hoiem, TPAMI 2017), as van de Ven implements it
+    (GMvandeVen/continual-learning, "three scenarios" code): the teacher is a frozen copy
+    of the model at the end of the previous task; on every step the current batch is run
+    through teacher and model, and the model's outputs are distilled toward the teacher's
+    soft outputs (`kd_loss`, temperature T) over the classes that were active before:
+
+    * task-IL: each previous task's classes, one softmax per task, averaged over the tasks;
+    * class-IL: the teacher's softmax over the old classes, the model's over every class
+      seen so far (the new ones get zero target probability);
+    * domain-IL: all outputs.
+
+    The term `lwf` = w * distillation is added to the method's loss, with w = `alpha`, or
+    with `alpha: null` van de Ven's weighting, 1/t for the current loss and 1 - 1/t for the
+    distillation on task t (t = 1, 2, ...), written relative to the method's loss: w = t - 1.
+    (The remaining overall factor 1/t is not applied; Adam is invariant to it.)
+    FLOPs: the teacher's forward is `flops_teacher`, the model's extra pass on the batch
+    (forward and backward) `flops_distillation`.
+    """
+
+    stability_knobs = ("alpha",)
+
+    def __init__(self, temperature: float = 2.0, alpha: float | None = None):
+        check_distill_args("lwf", temperature, alpha)
+        self.temperature, self.alpha = float(temperature), alpha
+        self.teacher: torch.nn.Module | None = None
+        self.done: list[int] = []  # ids of the tasks completed so far
+
+    def weight(self) -> float:
+        return float(len(self.done)) if self.alpha is None else float(self.alpha)
+
+    def distillation(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The (unweighted) distillation of `target` (teacher logits) into `logits`."""
+        m, T = self.method, self.temperature
+        if m.scenario == "task_il":
+            return torch.stack([kd_loss(logits[:, m.class_mask[t]], target[:, m.class_mask[t]], T)
+                                for t in self.done]).mean()
+        old = m.old_mask.nonzero().flatten()
+        new = (m.seen_mask & ~m.old_mask).nonzero().flatten()
+        return kd_loss(logits[:, torch.cat([old, new])], target[:, old], T)
+
+    def loss(self, batch):
+        if self.teacher is None:
+            return {}
+        m = self.method
+        x = m.preprocess(batch.x, train=True)
+        with torch.no_grad(), m.flops("teacher"):
+            target = self.teacher(x)
+        with m.flops("distillation"):
+            logits = m.model(x)
+        return {"lwf": self.weight() * self.distillation(logits, target)}
+
+    def after_task(self, task):
+        self.done.append(task.id)
+        self.teacher = self.method.frozen_copy(self.method.model).eval()
+
+    def state_dict(self):
+        return {"done": list(self.done),
+                "teacher": None if self.teacher is None else self.teacher.state_dict()}
+
+    def load_state_dict(self, state):
+        self.done = list(state["done"])
+        self.teacher = None
+        if state["teacher"] is not None:
+            self.teacher = self.method.frozen_copy(self.method.model).eval()
+            self.teacher.load_state_dict(state["teacher"])
+
+
+@schema("plugin", "lwf")
+@dataclass
+class LwFConf(PluginConf):
+    _target_: str = "cl_bench.plugins.lwf.LwF"
+    temperature: float = 2.0
+    alpha: float | None = None  # weight of the distillation term; null: t - 1 on task t
