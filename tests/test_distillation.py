@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task, TaskStream
@@ -82,7 +81,8 @@ def test_lwf_distils_the_classes_active_before_with_van_de_vens_weight(scenario)
     x = method.preprocess(batch.x)
     logits, target = method.model(x), lwf.teacher(x)
     if scenario == "task_il":  # each previous task's own softmax, averaged over the tasks
-        kd = (kd_loss(logits[:, :2], target[:, :2], 2) + kd_loss(logits[:, 2:4], target[:, 2:4], 2)) / 2
+        kd = (kd_loss(logits[:, :2], target[:, :2], 2)
+              + kd_loss(logits[:, 2:4], target[:, 2:4], 2)) / 2
     else:  # the model over the 6 classes seen, the teacher over the 4 old ones
         kd = kd_loss(logits, target[:, :4], 2)
     # task 3: van de Ven's 1/3 x current + 2/3 x distillation, relative to the current loss
@@ -169,14 +169,14 @@ def test_plwf_step_with_er_is_projected_new_gradient_plus_distillation_gradient(
         g_old = torch.autograd.grad(kd, params)
         expected, cos, dot = project_conflict(list(g_new), list(g_old))
         expected = [a + b for a, b in zip(expected, g_old, strict=True)]
-        seen = {}
+        seen = []
         step = method.optimizer.step
-        method.optimizer.step = lambda: seen.update(grads=[p.grad.clone() for p in params])
+        method.optimizer.step = lambda seen=seen: seen.extend(p.grad.clone() for p in params)
         method.memory.generator.set_state(rng)
         out = method.observe(batch)
         method.optimizer.step = step
         step()  # the optimiser step observe skipped
-        for got, want in zip(seen["grads"], expected, strict=True):
+        for got, want in zip(seen, expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert out["terms"]["plwf_cos"].item() == pytest.approx(cos.item(), abs=1e-5)
         assert out["terms"]["plwf_conflict"].item() == float(dot.item() < 0)

@@ -82,7 +82,8 @@ class PLwF(Plugin):
             return {"plwf": kd}
         params = list(m.trainable_parameters())
         grads = torch.autograd.grad(kd, params, allow_unused=True)
-        g_old = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        g_old = [torch.zeros_like(p) if g is None else g
+                 for p, g in zip(params, grads, strict=True)]
         cos, conflict = torch.zeros((), device=kd.device), torch.zeros((), device=kd.device)
         self._pending = (params, g_old, cos, conflict)
         # the slots are filled in after_backward, before the kernel detaches the terms for
