@@ -32,11 +32,11 @@ def three_tasks() -> TaskStream:
     return TaskStream("tiny3", tasks, 6, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
 
 
-def make(plugin, scenario="task_il", method_cls=Finetune, **kw):
+def make(plugin, scenario="task_il", method_cls=Finetune, stream=None, **kw):
     torch.manual_seed(0)
-    stream = three_tasks()
+    stream = stream or three_tasks()
     memory = Reservoir(30) if method_cls is ER else NoMemory()
-    method = method_cls(model=MLP((1, 4, 4), 6, hidden=[8, 8]),
+    method = method_cls(model=MLP((1, 4, 4), stream.n_classes, hidden=[8, 8]),
                         optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
                         memory=memory, preprocess=Preprocess((0.5,), (0.3,), "cpu"),
                         class_mask=stream.class_mask(), scenario=scenario, plugins=[plugin], **kw)
@@ -66,13 +66,28 @@ def test_kd_loss_matches_a_hand_computation_at_temperature_2():
     p2 = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
     row2 = -(p2[0] + p2[1]) * math.log(1 / 3)
     expected = 4 * (row1 + row2) / 2  # T^2 x the batch mean
-    assert kd_loss(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-6)
+    scaled = kd_loss(student, teacher, 2.0, t2_scaling=True)
+    assert scaled.item() == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(3.82671, abs=1e-5)  # the numbers above, written out
+    # van de Ven's current code (and our default) leaves out the T^2
+    assert kd_loss(student, teacher, 2.0).item() == pytest.approx(expected / 4, rel=1e-6)
 
 
-@pytest.mark.parametrize("scenario", ["task_il", "class_il"])
+def domain_tasks() -> TaskStream:
+    """Three tasks sharing the same four classes (domain-IL)."""
+    gen = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(3):
+        y = torch.arange(4).repeat(15)
+        x = torch.randint(0, 256, (60, 1, 4, 4), generator=gen, dtype=torch.uint8)
+        tasks.append(Task(t, [0, 1, 2, 3], x, y, x, y))
+    return TaskStream("tinydomain", tasks, 4, (1, 4, 4), ("domain_il",), (0.5,), (0.3,))
+
+
+@pytest.mark.parametrize("scenario", ["task_il", "class_il", "domain_il"])
 def test_lwf_distils_the_classes_active_before_with_van_de_vens_weight(scenario):
-    method, stream = make(LwF(), scenario)
+    method, stream = make(LwF(), scenario,
+                          stream=domain_tasks() if scenario == "domain_il" else None)
     lwf = method.plugins[0]
     train_task(method, stream.tasks[0])
     train_task(method, stream.tasks[1])
@@ -83,12 +98,17 @@ def test_lwf_distils_the_classes_active_before_with_van_de_vens_weight(scenario)
     if scenario == "task_il":  # each previous task's own softmax, averaged over the tasks
         kd = (kd_loss(logits[:, :2], target[:, :2], 2)
               + kd_loss(logits[:, 2:4], target[:, 2:4], 2)) / 2
-    else:  # the model over the 6 classes seen, the teacher over the 4 old ones
+    elif scenario == "class_il":  # the model over the 6 classes seen, the teacher over the 4 old
         kd = kd_loss(logits, target[:, :4], 2)
-    # task 3: van de Ven's 1/3 x current + 2/3 x distillation, relative to the current loss
-    assert lwf.loss(batch)["lwf"].item() == pytest.approx(2 * kd.item(), rel=1e-6)
+    else:  # all outputs
+        kd = kd_loss(logits, target, 2)
+    # task 3: van de Ven's current + 2 x distillation (task- and domain-IL), + 1 x (class-IL)
+    weight = 1 if scenario == "class_il" else 2
+    assert lwf.loss(batch)["lwf"].item() == pytest.approx(weight * kd.item(), rel=1e-6)
     lwf.alpha = 0.5
     assert lwf.loss(batch)["lwf"].item() == pytest.approx(0.5 * kd.item(), rel=1e-6)
+    lwf.t2_scaling = True
+    assert lwf.loss(batch)["lwf"].item() == pytest.approx(0.5 * 4 * kd.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("plugin", [LwF, PLwF])
@@ -164,8 +184,9 @@ def test_plwf_step_with_er_is_projected_new_gradient_plus_distillation_gradient(
         g_new = torch.autograd.grad(sum(method.loss(batch).values()), params)
         x = method.preprocess(batch.x)
         logits = method.model(x)
+        # the mean over the 2 snapshots, each on its own task's classes; class-IL weight 1
         kd = sum(kd_loss(logits[:, 2 * t : 2 * t + 2], snap(x)[:, 2 * t : 2 * t + 2], 2)
-                 for t, snap in plwf.snapshots) / 2 * 2  # mean over 2 snapshots, weight t - 1
+                 for t, snap in plwf.snapshots) / 2
         g_old = torch.autograd.grad(kd, params)
         expected, cos, dot = project_conflict(list(g_new), list(g_old))
         expected = [a + b for a, b in zip(expected, g_old, strict=True)]

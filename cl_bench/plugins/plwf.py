@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.plugins.lwf import check_distill_args, kd_loss
+from cl_bench.plugins.lwf import check_distill_args, distill_weight, kd_loss
 from cl_bench.schemas import schema
 
 
@@ -30,8 +30,10 @@ class PLwF(Plugin):
     arXiv 2211.15215, 2022). A frozen snapshot of the model is kept at the end of every
     task; on each step the current batch goes through every snapshot, and snapshot i's
     logits on its own task's classes (class-IL and task-IL; all outputs in domain-IL) are
-    distilled into the model (`kd_loss`, temperature T), averaged over the snapshots and
-    weighted like LwF: w = `alpha`, or t - 1 on task t with `alpha: null`.
+    distilled into the model (`kd_loss`, temperature T; times T^2 with `t2_scaling`),
+    averaged over the snapshots and weighted like LwF: w = `alpha`, or with `alpha: null`
+    t - 1 on task t in task-IL and domain-IL, 1 in class-IL (the paper's weights are not
+    known here; these make PLwF differ from LwF only in its teachers and the projection).
 
     Credit assignment (`credit_assignment: true`): g_old, the gradient of the distillation
     term, is computed here with `torch.autograd.grad`; the term enters the kernel's sum
@@ -52,9 +54,9 @@ class PLwF(Plugin):
     stability_knobs = ("alpha",)
 
     def __init__(self, temperature: float = 2.0, alpha: float | None = None,
-                 credit_assignment: bool = True):
+                 t2_scaling: bool = False, credit_assignment: bool = True):
         check_distill_args("plwf", temperature, alpha)
-        self.temperature, self.alpha = float(temperature), alpha
+        self.temperature, self.alpha, self.t2_scaling = float(temperature), alpha, t2_scaling
         self.credit_assignment = credit_assignment
         self.snapshots: list[tuple[int, torch.nn.Module]] = []  # (task id, frozen model)
         self.steps = 0  # steps with credit assignment, and how many of them conflicted
@@ -62,7 +64,7 @@ class PLwF(Plugin):
         self._pending = None  # (params, g_old, cos slot, conflict slot) between loss and step
 
     def weight(self) -> float:
-        return float(len(self.snapshots)) if self.alpha is None else float(self.alpha)
+        return distill_weight(self.alpha, self.method.scenario, len(self.snapshots))
 
     def loss(self, batch):
         if not self.snapshots:
@@ -76,7 +78,7 @@ class PLwF(Plugin):
             with torch.no_grad(), m.flops("teacher"):
                 target = snapshot(x)
             own = m.class_mask[task_id]
-            terms.append(kd_loss(logits[:, own], target[:, own], T))
+            terms.append(kd_loss(logits[:, own], target[:, own], T, self.t2_scaling))
         kd = self.weight() * torch.stack(terms).mean()
         if not self.credit_assignment:
             return {"plwf": kd}
@@ -132,5 +134,6 @@ class PLwF(Plugin):
 class PLwFConf(PluginConf):
     _target_: str = "cl_bench.plugins.plwf.PLwF"
     temperature: float = 2.0
-    alpha: float | None = None  # weight of the distillation term; null: t - 1 on task t
+    alpha: float | None = None  # weight of the distillation; null: as lwf (t - 1 / 1)
+    t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)
     credit_assignment: bool = True  # project g_new off g_old when they conflict
