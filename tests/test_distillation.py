@@ -256,7 +256,7 @@ def test_resumed_plwf_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
 @needs_mnist
 @pytest.mark.slow
 def test_lwf_beats_finetune_on_split_mnist_task_il(run_job):
-    """Three-scenarios protocol with 300 iterations per task (~45 s on 2 CPU cores)."""
+    """Three-scenarios protocol with 300 iterations per task (about 1 min on 2 busy CPU cores)."""
     common = ["experiment=three_scenarios_split", "scenario=task_il", "budget.iters=300",
               "eval.every=0"]
     finetune, _ = run_job(*common, "method=finetune")
