@@ -263,3 +263,17 @@ def test_lwf_beats_finetune_on_split_mnist_task_il(run_job):
     lwf, _ = run_job(*common, "method=lwf")
     assert lwf["acc_task_il"] > finetune["acc_task_il"] + 0.02
     assert lwf["flops_teacher"] > 0
+
+
+def test_lwf_on_finetune_reuses_the_methods_forward_and_er_pays_an_extra_pass():
+    """Finetune's pass is on the current batch itself: LwF adds no model pass; ER's pass
+    holds replayed samples too, so LwF's pass on the current batch is an extra one."""
+    # 10 samples x (forward + weight gradients + input gradients above the first layer)
+    per_step = 10 * 2 * (3 * (16 * 8 + 8 * 8 + 8 * 6) - 16 * 8)
+    for method_cls, extra in [(Finetune, 0), (ER, per_step)]:
+        method, stream = make(LwF(), method_cls=method_cls)
+        train_task(method, stream.tasks[0])
+        before = dict(method.counter.components)
+        train_task(method, stream.tasks[1])
+        assert method.counter.components.get("distillation", 0) - before.get(
+            "distillation", 0) == 5 * extra

@@ -111,6 +111,7 @@ class Method(metaclass=_BuildAfterInit):
         self.seen_mask = torch.zeros(n_classes, dtype=torch.bool, device=class_mask.device)
         self.old_mask = self.seen_mask.clone()  # classes of tasks before the current one
         self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
+        self._last_forward: tuple | None = None  # (batch, inputs, logits) of this step
         self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
 
     def add_auxiliary(self, name: str, module: nn.Module,
@@ -173,6 +174,7 @@ class Method(metaclass=_BuildAfterInit):
             out = {"loss": total.detach()}
             if len(terms) > 1:
                 out["terms"] = {k: v.detach() for k, v in terms.items()}
+        self._last_forward = None  # frees the step's graph
         self.after_step(batch)
         for plugin in self.plugins:
             plugin.after_step(batch)
@@ -247,7 +249,20 @@ class Method(metaclass=_BuildAfterInit):
     # -- helpers --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a uint8 training batch (normalised and augmented on the device)."""
-        return self.model(self.preprocess(x, train=True))
+        inputs = self.preprocess(x, train=True)
+        logits = self.model(inputs)
+        self._last_forward = (x, inputs, logits)
+        return logits
+
+    def forward_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model inputs, logits) of training batch `x` for a plugin: the method's own
+        forward of this step when it ran on this very batch (a distillation plugin then
+        costs no second pass, and sees the same augmentation), else a new forward."""
+        last = self._last_forward
+        if last is not None and last[0] is x:
+            return last[1], last[2]
+        inputs = self.preprocess(x, train=True)
+        return inputs, self.model(inputs)
 
     def cross_entropy(self, logits, y, task_ids) -> torch.Tensor:
         """The classification loss; in task-IL over the sample's own task's classes. A

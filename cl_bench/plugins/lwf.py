@@ -60,8 +60,9 @@ class LwF(Plugin):
     The distillation is not multiplied by T^2 (van de Ven's `loss_fn_kd(norm=False)`);
     `t2_scaling: true` multiplies it (Hinton et al.; his 2019 "three scenarios" code, which
     weights 1/t current vs 1 - 1/t distillation, i.e. w = t - 1, in every scenario).
-    FLOPs: the teacher's forward is `flops_teacher`, the model's extra pass on the batch
-    (forward and backward) `flops_distillation`.
+    FLOPs: the teacher's forward is `flops_teacher`; the model's logits are those of the
+    method's own pass when it ran on the current batch (finetune), else an extra pass
+    (e.g. ER, whose pass also holds replayed samples) counted as `flops_distillation`.
     """
 
     stability_knobs = ("alpha",)
@@ -90,11 +91,10 @@ class LwF(Plugin):
         if self.teacher is None:
             return {}
         m = self.method
-        x = m.preprocess(batch.x, train=True)
+        with m.flops("distillation"):
+            x, logits = m.forward_of(batch.x)
         with torch.no_grad(), m.flops("teacher"):
             target = self.teacher(x)
-        with m.flops("distillation"):
-            logits = m.model(x)
         return {"lwf": self.weight() * self.distillation(logits, target)}
 
     def after_task(self, task):

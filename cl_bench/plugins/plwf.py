@@ -70,9 +70,12 @@ class PLwF(Plugin):
         if not self.snapshots:
             return {}
         m, T = self.method, self.temperature
-        x = m.preprocess(batch.x, train=True)
         with m.flops("distillation"):
-            logits = m.model(x)
+            if self.credit_assignment:  # g_old needs a backward of its own: a pass of its own
+                x = m.preprocess(batch.x, train=True)
+                logits = m.model(x)
+            else:
+                x, logits = m.forward_of(batch.x)
         terms = []
         for task_id, snapshot in self.snapshots:
             with torch.no_grad(), m.flops("teacher"):
