@@ -51,6 +51,7 @@ gradient or step (two with `project=both`); EOWM adds 2 m d for the mean output,
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -290,6 +291,17 @@ class OWM(Plugin):
             for x, alpha in layer.pending:
                 self._absorb(layer, x, alpha)
             layer.pending.clear()
+        out = self.method.output_dir
+        if out is not None:  # the capacity left after each task, `<plugin>.csv`
+            path = out / f"{self.key}.csv"
+            new = not path.exists() or task.id == 0
+            with open(path, "w" if new else "a", newline="") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(["task", "layer", "dim", "trace_P"])
+                for i, (layer, free) in enumerate(zip(self.layers, self.free_dims(),
+                                                      strict=True)):
+                    writer.writerow([task.id, i, layer.d, round(free, 3)])
 
     # -- checkpoint -----------------------------------------------------------------------
     def state_dict(self):
