@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.cli import CONF_DIR  # registers the schemas and resolvers, as the CLI does
+from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.experiment import run_experiment
 
@@ -42,6 +43,20 @@ def tiny_stream() -> TaskStream:
         x[:, 0, 0, 0] = (y * 60).to(torch.uint8)  # a class-dependent pixel: learnable
         tasks.append(Task(t, [2 * t, 2 * t + 1], x, y, x, y))
     return TaskStream("tiny", tasks, 4, (1, 4, 4), ("class_il", "task_il"), (0.5,), (0.3,))
+
+
+def batch_of(task, s=0):
+    """The `s`-th batch of 10 training samples of `task`."""
+    idx = torch.arange(s * 10, s * 10 + 10)
+    return Batch(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
+
+
+def train_task(method, task, steps=5):
+    """`steps` batches of `task` through the method's runner-facing calls."""
+    method.begin_task(task)
+    for s in range(steps):
+        method.observe(batch_of(task, s))
+    method.end_task(task)
 
 
 def compose_config(overrides: list[str]):

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.base import NoMemory
@@ -17,7 +16,7 @@ from cl_bench.methods.finetune import Finetune
 from cl_bench.models.mlp import MLP
 from cl_bench.plugins.lwf import LwF, kd_loss
 from cl_bench.plugins.plwf import PLwF, project_conflict
-from conftest import compose_config, interrupt_and_resume, needs_mnist
+from conftest import batch_of, compose_config, interrupt_and_resume, needs_mnist, train_task
 
 
 def three_tasks() -> TaskStream:
@@ -41,18 +40,6 @@ def make(plugin, scenario="task_il", method_cls=Finetune, stream=None, **kw):
                         memory=memory, preprocess=Preprocess((0.5,), (0.3,), "cpu"),
                         class_mask=stream.class_mask(), scenario=scenario, plugins=[plugin], **kw)
     return method, stream
-
-
-def batch_of(task, s=0):
-    idx = torch.arange(s * 10, s * 10 + 10)
-    return Batch(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
-
-
-def train_task(method, task, steps=5):
-    method.begin_task(task)
-    for s in range(steps):
-        method.observe(batch_of(task, s))
-    method.end_task(task)
 
 
 def test_kd_loss_matches_a_hand_computation_at_temperature_2():

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.er import ER
@@ -19,7 +18,7 @@ from cl_bench.plugins.stability_gap import (
     NMCHead,
     SoftTargets,
 )
-from conftest import interrupt_and_resume, tiny_stream
+from conftest import batch_of, interrupt_and_resume, tiny_stream, train_task
 
 
 def make_er(head="linear", plugins=()):
@@ -31,18 +30,6 @@ def make_er(head="linear", plugins=()):
                 memory=Reservoir(20), preprocess=Preprocess((0.5,), (0.3,), "cpu"),
                 class_mask=stream.class_mask(), scenario="class_il", plugins=plugins)
     return method, stream
-
-
-def batch_of(task, s):
-    idx = torch.arange(s * 10, s * 10 + 10)
-    return Batch(task.train_x[idx], task.train_y[idx], torch.full((10,), task.id))
-
-
-def train_task(method, task, steps=5):
-    method.begin_task(task)
-    for s in range(steps):
-        method.observe(batch_of(task, s))
-    method.end_task(task)
 
 
 def test_frozen_old_rows_do_not_move_even_with_momentum():

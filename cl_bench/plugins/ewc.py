@@ -39,12 +39,7 @@ class EWC(Plugin):
                  fisher_labels: str = "all", online: bool = False, gamma: float = 1.0):
         if strength < 0:
             raise ValueError(f"plugins.ewc.strength={strength} must be >= 0")
-        if fisher_samples is not None and fisher_samples < 1:
-            raise ValueError(f"plugins.ewc.fisher_samples={fisher_samples} must be >= 1 "
-                             f"(or null for every training sample of the task)")
-        if fisher_labels not in importance.FISHER_LABELS:
-            raise ValueError(f"plugins.ewc.fisher_labels={fisher_labels!r}: choose one of "
-                             f"{list(importance.FISHER_LABELS)}")
+        importance.check_fisher_settings("ewc", fisher_samples, fisher_labels)
         if not 0 < gamma <= 1:
             raise ValueError(f"plugins.ewc.gamma={gamma} must be in (0, 1]")
         if gamma != 1 and not online:

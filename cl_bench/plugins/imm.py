@@ -51,12 +51,7 @@ class IMM(Plugin):
         if alpha is not None and (not alpha or min(alpha) <= 0):
             raise ValueError(f"plugins.imm.alpha={alpha}: give one positive weight per task, "
                              f"or null for uniform weights")
-        if fisher_samples is not None and fisher_samples < 1:
-            raise ValueError(f"plugins.imm.fisher_samples={fisher_samples} must be >= 1 "
-                             f"(or null for every training sample of the task)")
-        if fisher_labels not in importance.FISHER_LABELS:
-            raise ValueError(f"plugins.imm.fisher_labels={fisher_labels!r}: choose one of "
-                             f"{list(importance.FISHER_LABELS)}")
+        importance.check_fisher_settings("imm", fisher_samples, fisher_labels)
         self.mode, self.l2_transfer = mode, l2_transfer
         self.alpha = None if alpha is None else list(alpha)
         self.fisher_samples, self.fisher_labels = fisher_samples, fisher_labels

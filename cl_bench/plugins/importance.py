@@ -45,6 +45,16 @@ Tensors = dict[str, torch.Tensor]
 Cotangents = Callable[[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor | None]]]
 
 
+def check_fisher_settings(plugin: str, samples: int | None, labels: str) -> None:
+    """A ValueError naming `plugins.<plugin>.fisher_samples` / `fisher_labels` when bad."""
+    if samples is not None and samples < 1:
+        raise ValueError(f"plugins.{plugin}.fisher_samples={samples} must be >= 1 "
+                         f"(or null for every training sample of the task)")
+    if labels not in FISHER_LABELS:
+        raise ValueError(f"plugins.{plugin}.fisher_labels={labels!r}: choose one of "
+                         f"{list(FISHER_LABELS)}")
+
+
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable parameters by name (the keys importance and anchors are stored under)."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
