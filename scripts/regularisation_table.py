@@ -76,7 +76,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for p, by_method in results.items():
-        base = statistics.mean(r["acc"] for r in by_method.get("finetune", [{"acc": 0.0}]))
+        base = (statistics.mean(r["acc"] for r in by_method["finetune"])
+                if "finetune" in by_method else None)
         print(f"\n{p} ({ACC[p]}), {args.iters} iterations/task, seeds {args.seeds}\n")
         print("| method | ACC % (mean ± std) | published | vs finetune | train FLOPs | "
               "extra FLOPs (component) |\n|---|---|---|---|---|---|")
@@ -88,7 +89,8 @@ def main() -> None:
                      if k.startswith("flops_") and rows[0][k]}
             extra = ", ".join(f"{v:.2e} ({k[6:]})" for k, v in comps.items()) or "–"
             print(f"| {m} | {statistics.mean(accs):.2f} ± {sd:.2f} | "
-                  f"{f'{pub:.2f}' if pub else '–'} | {statistics.mean(accs) - base:+.2f} | "
+                  f"{f'{pub:.2f}' if pub else '–'} | "
+                  f"{'–' if base is None else f'{statistics.mean(accs) - base:+.2f}'} | "
                   f"{statistics.mean(r['train_flops'] for r in rows):.3e} | {extra} |")
 
 
