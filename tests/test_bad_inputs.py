@@ -262,9 +262,8 @@ def test_corrupt_checkpoint_restarts_the_run(monkeypatch, capsys, tmp_path):
         code, out = clbench(args, monkeypatch, capsys)
         assert code == 0 and "Traceback" not in out
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+        assert (run_dir / "checkpoint.pt.corrupt").is_file()
         (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
-    assert "checkpoint.pt is corrupt" in (run_dir / "clbench.log").read_text()
-    assert (run_dir / "checkpoint.pt.corrupt").is_file()
     assert (run_dir / "acc_matrix.csv").read_text() == reference  # started over, same result
     assert list((tmp_path / "out").glob("runs/*/*")) == [run_dir]
 
