@@ -52,6 +52,11 @@ PUBLISHED = {
 ACC = {"split_task": "acc_task_il", "perm_domain": "acc_domain_il"}
 
 
+def _completed(run_dir: Path) -> bool:
+    path = run_dir / "summary.json"
+    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -60,9 +65,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2000, help="iterations per task")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
     ap.add_argument("--out", type=Path, default=Path("outputs/regularisation_table"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="tabulate the runs already completed under --out; train nothing")
     args = ap.parse_args()
     runs = [(p, m, s) for p in args.protocols for m in args.methods if p in METHODS[m]
             for s in args.seeds]
+    if args.report_only:
+        runs = [r for r in runs if _completed(args.out / r[0] / f"{r[1]}_seed{r[2]}")]
     specs = [([*PROTOCOLS[p], f"method={m}", *METHODS[m][p], f"budget.iters={args.iters}",
                "eval.every=0", "logger.console=false", f"seed={s}"],
               args.out / p / f"{m}_seed{s}") for p, m, s in runs]
@@ -78,9 +87,9 @@ def main() -> None:
     for p, by_method in results.items():
         base = (statistics.mean(r["acc"] for r in by_method["finetune"])
                 if "finetune" in by_method else None)
-        print(f"\n{p} ({ACC[p]}), {args.iters} iterations/task, seeds {args.seeds}\n")
-        print("| method | ACC % (mean ± std) | published | vs finetune | train FLOPs | "
-              "extra FLOPs (component) |\n|---|---|---|---|---|---|")
+        print(f"\n{p} ({ACC[p]}), {args.iters} iterations/task\n")
+        print("| method | seeds | ACC % (mean ± std) | published | vs finetune | train FLOPs | "
+              "extra FLOPs (component) |\n|---|---|---|---|---|---|---|")
         for m, rows in by_method.items():
             accs = [r["acc"] for r in rows]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -88,7 +97,7 @@ def main() -> None:
             comps = {k: statistics.mean(r[k] for r in rows) for k in rows[0]
                      if k.startswith("flops_") and rows[0][k]}
             extra = ", ".join(f"{v:.2e} ({k[6:]})" for k, v in comps.items()) or "–"
-            print(f"| {m} | {statistics.mean(accs):.2f} ± {sd:.2f} | "
+            print(f"| {m} | {len(accs)} | {statistics.mean(accs):.2f} ± {sd:.2f} | "
                   f"{f'{pub:.2f}' if pub else '–'} | "
                   f"{'–' if base is None else f'{statistics.mean(accs) - base:+.2f}'} | "
                   f"{statistics.mean(r['train_flops'] for r in rows):.3e} | {extra} |")
