@@ -45,6 +45,7 @@ class SI(Plugin):
             self.anchor = importance.snapshot(self.method.model)
         self.path = {n: torch.zeros_like(p) for n, p in self.anchor.items()}
         self.previous = importance.snapshot(self.method.model)
+        self._params = importance.trainable(self.method.model)  # looked up once per task
 
     def loss(self, batch):
         if not self.omega or self.strength == 0:
@@ -54,7 +55,7 @@ class SI(Plugin):
 
     @torch.no_grad()
     def after_step(self, batch):
-        for name, p in importance.trainable(self.method.model).items():
+        for name, p in self._params.items():
             if name not in self.path:
                 continue
             if p.grad is not None:
@@ -78,6 +79,7 @@ class SI(Plugin):
         self.omega = importance.on_device(model, state["omega"])
         self.path = importance.on_device(model, state["path"])
         self.previous = importance.snapshot(self.method.model)
+        self._params = importance.trainable(model)
 
 
 @schema("plugin", "si")
