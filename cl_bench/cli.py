@@ -34,7 +34,9 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
-_PROCESS_UID = secrets.token_hex(3)  # makes run dirs of runs started in one second distinct
+# makes the directories of runs started in the same second distinct; new for every
+# `main()` call, so two calls in one process (tests, notebooks) do not share a directory
+_INVOCATION_UID = [secrets.token_hex(3)]
 
 
 def option_groups(choices=None) -> str:
@@ -50,7 +52,7 @@ def option_groups(choices=None) -> str:
     return "\n".join(lines)
 
 
-OmegaConf.register_new_resolver("clbench_uid", lambda: _PROCESS_UID, replace=True)
+OmegaConf.register_new_resolver("clbench_uid", lambda: _INVOCATION_UID[0], replace=True)
 OmegaConf.register_new_resolver("clbench_run_id", lambda *, _root_: run_id(_root_), replace=True)
 OmegaConf.register_new_resolver(
     "clbench_groups", lambda *, _root_: option_groups(_root_.hydra.runtime.choices), replace=True)
@@ -140,6 +142,7 @@ def main(entry=None, prog: str = "clbench") -> None:
     and is reported as one short message naming the key or file and the fix: a user error
     (cl_bench.errors), an interrupt, a bad override, under --help too. A bug keeps its
     traceback; HYDRA_FULL_ERROR=1 shows the traceback of everything."""
+    _INVOCATION_UID[0] = secrets.token_hex(3)
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"

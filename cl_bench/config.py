@@ -58,7 +58,7 @@ class EvalConf:
     probe_size: int = 200  # test samples per task in the continual-evaluation probe
     batch_size: int = 1000
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) for the probe passes
-    plot: bool = True  # write stability_gap.png when there are curves
+    plot: bool = False  # write stability_gap.png at the end of a run with curves (~0.5 s)
 
 
 @schema("logger", "logger")

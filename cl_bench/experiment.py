@@ -68,7 +68,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~1 s
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def identity(cfg: DictConfig) -> dict:

@@ -1,13 +1,16 @@
-"""Runner overhead: the same ER optimisation steps on split MNIST through `clbench` and
-through a bare PyTorch loop, in one process. Prints both times and their ratio.
+"""Runner overhead in one process: the Seq-MNIST ER run (`experiment=seq_mnist_er`: MLP
+784-100-100-10, SGD 0.1, batch 10 + 10 replayed from a 500-sample reservoir, one epoch per
+task) through `clbench` and through the bare loop of `scripts/bare_er.py` on the same
+in-memory tensors. Prints both times and their ratio, with clbench's default continual
+evaluation and with `eval.every=0`; the three are interleaved, medians of `--repeats`.
 
-    CLBENCH_DATA=../shared/data python scripts/bench_overhead.py [--repeats 3]
+    CLBENCH_DATA=../shared/data python scripts/bench_overhead.py [--repeats 5]
 
-The runner's time is its task loop: training plus the continual evaluation it does
-every `eval.every` iterations on `eval.probe_size`-sample probes (plus the accuracy
-row after each task); data loading is excluded on both sides. The bare loop does the
-training steps only: an MLP 784-400-400-10, SGD, batch 10 plus 10 replayed samples
-from a 500-sample reservoir, data as in-memory tensors.
+The runner's time is its task loop: training, continual evaluation (every `eval.every`
+steps on `eval.probe_size`-sample probes) and the test-set pass after each task (plus one
+before training, for forward transfer); data loading and start-up are excluded on both
+sides (`scripts/bench_process.py` times whole processes). The bare loop trains the same
+steps and scores every test set after each task.
 """
 
 from __future__ import annotations
@@ -19,45 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _pool import run_one
+from bare_er import er_loop, mlp
 
 from cl_bench.data.benchmarks import split_stream
-from cl_bench.models.mlp import MLP
-
-
-def bare_loop(stream, batch_size: int, replay: int, mem_size: int, seed: int) -> float:
-    torch.manual_seed(seed)
-    model = MLP(stream.input_shape, stream.n_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mean, std = stream.mean[0], stream.std[0]
-    buf_x = torch.empty(mem_size, *stream.input_shape, dtype=torch.uint8)
-    buf_y = torch.empty(mem_size, dtype=torch.int64)
-    seen = 0
-    gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for task in stream:
-        order = torch.randperm(len(task.train_y), generator=gen)
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            x, y = task.train_x[idx], task.train_y[idx]
-            if seen:
-                r = torch.randint(0, min(seen, mem_size), (replay,))
-                xb, yb = torch.cat([x, buf_x[r]]), torch.cat([y, buf_y[r]])
-            else:
-                xb, yb = x, y
-            xb = (xb.float() / 255 - mean) / std
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            # reservoir insertion, vectorised over the batch
-            pos = torch.arange(seen, seen + len(y))
-            slot = torch.where(pos < mem_size, pos, (torch.rand(len(y)) * (pos + 1)).long())
-            keep = slot < mem_size
-            buf_x[slot[keep]], buf_y[slot[keep]] = x[keep], y[keep]
-            seen += len(y)
-    return time.perf_counter() - start
 
 
 def runner(overrides: list[str]) -> tuple[float, dict]:
@@ -68,30 +36,52 @@ def runner(overrides: list[str]) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--probe-size", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    root = os.environ.get("CLBENCH_DATA")
-    overrides = [
-        "benchmark=split_mnist", "method=er", "memory=reservoir", "memory.size=500",
-        "budget.batch_size=10", "method.replay_batch_size=10", "device=cpu",
-        f"eval.every={args.eval_every}", f"eval.probe_size={args.probe_size}",
-        "logger.console=false",
-    ]
-    stream = split_stream(name="split_mnist", dataset="mnist", n_tasks=5, root=root)
-    ours, bare = [], []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = ["experiment=seq_mnist_er", f"device={args.device}", "logger.console=false"]
+    stream = split_stream(name="split_mnist", dataset="mnist", n_tasks=5,
+                          root=os.environ.get("CLBENCH_DATA"))
+    tasks = [(t.train_x, t.train_y) for t in stream]
+    tests = [(t.test_x, t.test_y) for t in stream]
+    mean, std = stream.mean[0], stream.std[0]
+
+    def bare(seed: int) -> tuple[float, str]:
+        torch.manual_seed(seed)
+        seconds, rows = er_loop(mlp(784, [100, 100], 10), tasks, tests, lr=0.1, batch_size=10,
+                                replay=10, mem_size=500, mean=mean, std=std, seed=seed)
+        return seconds, f"acc {sum(rows[-1]) / len(rows[-1]):.3f}"
+
+    def ours(extra: list[str]):
+        def go(seed: int) -> tuple[float, str]:
+            seconds, s = runner([*overrides, *extra, f"seed={seed}"])
+            return seconds, (f"acc {s['acc_class_il']:.3f} (train {s['train_seconds']:.2f} "
+                             f"eval {s['eval_seconds']:.2f} test {s['test_seconds']:.2f})")
+        return go
+
+    commands = {"bare": bare, "clbench": ours([]), "clbench eval.every=0": ours(["eval.every=0"])}
+    names = list(commands)
+    times: dict[str, list[float]] = {k: [] for k in names}
     for i in range(args.repeats):
-        t_bare = bare_loop(stream, 10, 10, 500, seed=i)
-        t_ours, summary = runner(overrides + [f"seed={i}"])
-        bare.append(t_bare)
-        ours.append(t_ours)
-        print(f"repeat {i}: clbench {t_ours:.2f} s (eval {summary['eval_seconds']:.2f} s, "
-              f"acc_class_il {summary['acc_class_il']:.3f})  bare loop {t_bare:.2f} s  "
-              f"ratio {t_ours / t_bare:.3f}")
-    med_ours, med_bare = statistics.median(ours), statistics.median(bare)
-    print(f"threads {torch.get_num_threads()}  median clbench {med_ours:.2f} s  "
-          f"median bare {med_bare:.2f} s  ratio {med_ours / med_bare:.3f}")
+        for name in names[i % 3:] + names[: i % 3]:
+            seconds, info = commands[name](i)
+            times[name].append(seconds)
+            print(f"repeat {i} {name:22s} {seconds:6.2f} s  {info}", flush=True)
+    base = statistics.median(times["bare"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of "
+          f"{args.repeats}: bare {base:.2f} s")
+    for name in names[1:]:
+        med = statistics.median(times[name])
+        print(f"  {name:22s} {med:6.2f} s  ratio {med / base:.3f}")
+    print("\n| comparison | setting | clbench s | bare loop s | ratio |\n|---|---|---|---|---|")
+    for name in names[1:]:
+        med = statistics.median(times[name])
+        setting = "default" if name == "clbench" else name.split()[-1]
+        print(f"| in one process (train + eval + test s) | {setting} | {med:.2f} | {base:.2f} "
+              f"| {med / base:.3f} |")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path):
     assert pd.read_csv(tmp_path / "run" / "summary.csv").status[0] == "completed"
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_joblib_launcher_runs_four_jobs_on_two_workers(tmp_path):
     result = clbench(["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "seed=0,1,2,3",
                       "budget.iters=5", "eval.every=0", "logger.console=false",

@@ -113,3 +113,15 @@ def test_a_directory_whose_only_run_has_no_summary(tmp_path, capsys):
     assert compare([str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "nothing to average" in out and "missing" in out
+
+
+def test_metrics_option_keeps_the_named_columns_and_rejects_unknown_ones(sweep, tmp_path,
+                                                                         capsys):
+    assert compare([str(sweep), "--out", str(tmp_path), "--format", "md",
+                    "--metrics", "acc_class_il,train_flops"]) == 0
+    header = (tmp_path / "compare.md").read_text().splitlines()[2]
+    assert [c.strip() for c in header.strip("|").split("|")][-3:] == [
+        "n", "acc_class_il", "train_flops"]
+    capsys.readouterr()
+    assert compare([str(sweep), "--out", str(tmp_path), "--metrics", "acc_nope"]) == 2
+    assert "acc_nope" in capsys.readouterr().out

@@ -231,6 +231,7 @@ def test_presets_and_composition_with_replay():
     assert cfg.method.name == "plwf" and cfg.plugins.plwf.credit_assignment is False
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_resumed_plwf_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
     summary, ref = interrupt_and_resume(
         tmp_path, monkeypatch, Finetune,

@@ -140,6 +140,7 @@ def test_readme_add_a_method_example_is_the_shipped_er_ss():
     assert yaml == (REPO / "conf/method/er_ss.yaml").read_text()
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_er_ss_beats_finetune(run_job):
     er_ss, _ = run_job("method=er_ss", "eval.every=0")
     finetune, _ = run_job("method=finetune", "eval.every=0")

@@ -96,6 +96,7 @@ def test_projector_flops_equal_hand_count():
         assert model_flops == 5 * 10 * (3 * 2 * 16 * 8 + 3 * 2 * 8 * 4 - 2 * 16 * 8)
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 @needs_mnist
 def test_owm_keeps_task1_outputs_where_finetuning_moves_them():
     """Class-IL split MNIST, tasks 1 and 2, MLP 784-100-100-10, plain SGD (lr 0.1), 150

@@ -129,6 +129,7 @@ def test_nmc_head_narrows_the_gap_of_er(run_job):
     assert nmc["train_flops"] == er["train_flops"]  # the same training; only prediction differs
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_interrupted_sgm_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     # LoRA is active from task 1 on and old rows freeze: both must survive the restart
     summary, ref = interrupt_and_resume(

@@ -54,6 +54,7 @@ def test_run_id_is_a_function_of_the_config(run_job):
     assert a["run_id"] == b["run_id"] != c["run_id"]
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_joint_is_the_upper_bound(run_job):
     joint, _ = run_job("method=joint")
     finetune, _ = run_job("method=finetune")
@@ -90,6 +91,7 @@ def test_unsupported_scenario_fails_with_a_clear_message(run_job, tmp_path):
     assert summary.status == "failed" and "domain_il" in summary.error
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 @needs_mnist
 def test_er_beats_finetune_on_split_mnist(run_job):
     """A short-budget version of the issue's acceptance (1 epoch: ACC >= 0.80)."""

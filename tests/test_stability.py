@@ -80,7 +80,7 @@ def test_no_curves_no_metrics():
 
 
 def test_run_reports_stability_metrics_and_plot(run_job):
-    summary, run_dir = run_job("eval.every=5", "eval.probe_size=50")
+    summary, run_dir = run_job("eval.every=5", "eval.probe_size=50", "eval.plot=true")
     curves = pd.read_csv(run_dir / "curves.csv")
     expected = scenario_metrics(curves.to_dict("records"), "task_il")
     for key, value in expected.items():
@@ -112,6 +112,7 @@ def test_plot_overlays_runs_on_one_axes():
     plt.close(fig)
 
 
+@pytest.mark.slow  # heavier end-to-end check: pytest -m slow
 def test_bf16_probes_change_curves_by_near_ties_only_and_never_the_test_sets(run_job):
     common = ["method=er", "eval.every=5", "eval.probe_size=100", "eval.plot=false",
               "deterministic=true"]

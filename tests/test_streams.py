@@ -100,3 +100,29 @@ def test_missing_dataset_error_names_dataset_folder_and_fix(tmp_path):
         split_stream(name="c", dataset="cifar10", n_tasks=5, root=tmp_path)
     message = str(err.value)
     assert "cifar10" in message and str(tmp_path) in message and "data.root" in message
+
+
+@needs_mnist
+@pytest.mark.parametrize("name", ["mnist", "fmnist"])
+def test_idx_files_read_without_torchvision_match_torchvision(name):
+    from cl_bench.data import datasets
+
+    info = datasets.DATASETS[name]
+    root = data_root()
+    ours = datasets._load_idx(info, root / info.torchvision_folder, datasets.IDX_FILES[name])
+    theirs = datasets._load_torchvision(name, info, root, download=False)
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(ours, key), getattr(theirs, key)), key
+    assert ours.train_x.shape == (60000, 1, 28, 28) and ours.train_y.dtype == torch.int64
+
+
+def test_truncated_idx_file_names_the_file(tmp_path):
+    from cl_bench.data.datasets import DataError, _read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    header = bytes([0, 0, 8, 3]) + np.array([2, 28, 28], ">u4").tobytes()
+    path.write_bytes(header + bytes(2 * 28 * 28))
+    assert _read_idx(path).shape == (2, 28, 28)
+    path.write_bytes(header + bytes(28 * 28))
+    with pytest.raises(DataError, match=f"{path}.*truncated"):
+        _read_idx(path)

@@ -34,6 +34,9 @@ def parse_args(argv):
     parser.add_argument("--format", default="md,tex,csv",
                         help="comma-separated output formats among md, tex, csv (default: all)")
     parser.add_argument("--out", help="folder for the tables and plots (default: first PATH)")
+    parser.add_argument("--metrics", help="comma-separated metrics to show and write, e.g. "
+                        "acc_class_il,forgetting_class_il,train_flops (default: all; the csv "
+                        "keeps all)")
     parser.add_argument("--plot", action="store_true",
                         help="also write acc_matrices.png, stability_curves.png, acc_vs_flops.png")
     return parser.parse_args(argv)
@@ -71,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         table = aggregate(completed, keys)
         shown = display_table(table, keys)
+        if args.metrics:
+            wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+            unknown = [m for m in wanted if m not in shown.columns]
+            if unknown:
+                known = [c for c in shown.columns if c not in [*keys, "n"]]
+                console.print(f"[red]clbench-compare: --metrics {unknown} are not metrics of "
+                              f"these runs; choose from {known}")
+                return 2
+            shown = shown[[*keys, "n", *wanted]]
         # one column per group reads better in a terminal than one column per metric
         labels = [" ".join(str(v) for v in row) for row in shown[keys].itertuples(index=False)]
         transposed = shown.drop(columns=keys).T.reset_index()

@@ -1,0 +1,94 @@
+"""A bare PyTorch ER loop, the reference the overhead benchmarks measure clbench against.
+
+`er_loop` trains an MLP task after task on in-memory tensors: SGD, each step a batch of the
+current task plus `replay` samples drawn uniformly from a reservoir of `mem_size`, the
+reservoir insertion vectorised over the batch; after each task it scores every task's test
+set (the accuracy matrix, which is what a CL loop is run for). Run as a script it is the
+whole process a user would write: import torch and torchvision, read MNIST, train Seq-MNIST
+ER (the `experiment=seq_mnist_er` protocol) and print the wall time and final accuracy.
+
+    CLBENCH_DATA=../shared/data python scripts/bare_er.py --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(n_in: int, hidden: list[int], n_out: int) -> nn.Module:
+    layers, width = [nn.Flatten()], n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, n_out))
+
+
+def er_loop(model, tasks, tests, *, lr: float, batch_size: int, replay: int, mem_size: int,
+            mean: float, std: float, seed: int, evaluate: bool = True):
+    """Train on `tasks` [(uint8 x, y)] in order; returns (seconds, accuracy matrix rows).
+    `tests` [(x, y)] are scored after every task when `evaluate`."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    buf_x = torch.empty(mem_size, *tasks[0][0].shape[1:], dtype=torch.uint8)
+    buf_y = torch.empty(mem_size, dtype=torch.int64)
+    seen, rows = 0, []
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for train_x, train_y in tasks:
+        order = torch.randperm(len(train_y), generator=gen)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            x, y = train_x[idx], train_y[idx]
+            if seen:
+                r = torch.randint(0, min(seen, mem_size), (replay,))
+                xb, yb = torch.cat([x, buf_x[r]]), torch.cat([y, buf_y[r]])
+            else:
+                xb, yb = x, y
+            opt.zero_grad()
+            loss = F.cross_entropy(model((xb.float() / 255 - mean) / std), yb)
+            loss.backward()
+            opt.step()
+            pos = torch.arange(seen, seen + len(y))
+            slot = torch.where(pos < mem_size, pos, (torch.rand(len(y)) * (pos + 1)).long())
+            keep = slot < mem_size
+            buf_x[slot[keep]], buf_y[slot[keep]] = x[keep], y[keep]
+            seen += len(y)
+        if evaluate:
+            with torch.inference_mode():
+                rows.append([(model((tx.float() / 255 - mean) / std).argmax(1) == ty)
+                             .float().mean().item() for tx, ty in tests])
+    return time.perf_counter() - start, rows
+
+
+def main() -> None:
+    import torchvision
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    root = os.environ["CLBENCH_DATA"]
+    train = torchvision.datasets.MNIST(root, train=True)
+    test = torchvision.datasets.MNIST(root, train=False)
+
+    def split(ds):
+        x, y = ds.data.unsqueeze(1), ds.targets
+        return [(x[(y == 2 * t) | (y == 2 * t + 1)], y[(y == 2 * t) | (y == 2 * t + 1)])
+                for t in range(5)]
+
+    model = mlp(784, [100, 100], 10)
+    seconds, rows = er_loop(model, split(train), split(test), lr=0.1, batch_size=10, replay=10,
+                            mem_size=500, mean=0.1307, std=0.3081, seed=args.seed)
+    print(json.dumps({"loop_seconds": seconds, "process_seconds": time.perf_counter() - start,
+                      "acc": sum(rows[-1]) / len(rows[-1])}))
+
+
+if __name__ == "__main__":
+    main()
