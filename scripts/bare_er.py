@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,31 @@ def er_loop(model, tasks, tests, *, lr: float, batch_size: int, replay: int, mem
                 rows.append([(model((tx.float() / 255 - mean) / std).argmax(1) == ty)
                              .float().mean().item() for tx, ty in tests])
     return time.perf_counter() - start, rows
+
+
+def interleaved(commands: dict[str, Callable[[int], tuple[float, str]]], repeats: int,
+                label: str) -> None:
+    """Runs `commands` (name -> seed -> (seconds, note); "bare" first, then clbench settings)
+    `repeats` times, rotating which goes first, and prints each time, then the medians and
+    their ratios to the bare loop's as text and as a markdown table labelled `label`."""
+    names = list(commands)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            seconds, note = commands[name](i)
+            times[name].append(seconds)
+            print(f"repeat {i} {name:22s} {seconds:6.2f} s  {note}", flush=True)
+    bare = statistics.median(times["bare"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of "
+          f"{repeats}: bare {bare:.2f} s")
+    rows = []
+    for name in names[1:]:
+        med = statistics.median(times[name])
+        print(f"  {name:22s} {med:6.2f} s  ratio {med / bare:.3f}")
+        setting = "default" if name == "clbench" else name.split()[-1]
+        rows.append(f"| {label} | {setting} | {med:.2f} | {bare:.2f} | {med / bare:.3f} |")
+    print("\n| comparison | clbench setting | clbench s | bare loop s | ratio |\n"
+          "|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def main() -> None:

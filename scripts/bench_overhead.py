@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from _pool import run_one
-from bare_er import er_loop, mlp
+from bare_er import er_loop, interleaved, mlp
 
 from cl_bench.data.benchmarks import split_stream
 
@@ -63,26 +62,7 @@ def main() -> None:
         return go
 
     commands = {"bare": bare, "clbench": ours([]), "clbench eval.every=0": ours(["eval.every=0"])}
-    names = list(commands)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for i in range(args.repeats):
-        for name in names[i % 3:] + names[: i % 3]:
-            seconds, info = commands[name](i)
-            times[name].append(seconds)
-            print(f"repeat {i} {name:22s} {seconds:6.2f} s  {info}", flush=True)
-    base = statistics.median(times["bare"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of "
-          f"{args.repeats}: bare {base:.2f} s")
-    for name in names[1:]:
-        med = statistics.median(times[name])
-        print(f"  {name:22s} {med:6.2f} s  ratio {med / base:.3f}")
-    print("\n| comparison | setting | clbench s | bare loop s | ratio |\n|---|---|---|---|---|")
-    for name in names[1:]:
-        med = statistics.median(times[name])
-        setting = "default" if name == "clbench" else name.split()[-1]
-        print(f"| in one process (train + eval + test s) | {setting} | {med:.2f} | {base:.2f} "
-              f"| {med / base:.3f} |")
-
+    interleaved(commands, args.repeats, "in one process (train + eval + test s)")
 
 if __name__ == "__main__":
     main()

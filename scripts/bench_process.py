@@ -15,25 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from bare_er import interleaved
 
 HERE = Path(__file__).resolve().parent
-
-
-def timed(cmd: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return seconds, done.stdout
 
 
 def main() -> None:
@@ -45,31 +35,29 @@ def main() -> None:
     clbench = shutil.which("clbench") or sys.exit("clbench is not installed (pip install -e .)")
     common = [clbench, "experiment=seq_mnist_er", f"device={args.device}",
               f"output_root={out}"]
-    commands = {"bare": lambda seed: [sys.executable, str(HERE / "bare_er.py"), f"--seed={seed}"],
-                "clbench": lambda seed: [*common, f"seed={seed}"],
-                "clbench eval.every=0": lambda seed: [*common, "eval.every=0", f"seed={seed}"]}
-    times: dict[str, list[float]] = {k: [] for k in commands}
-    names = list(commands)
-    for i in range(args.repeats):
-        order = names[i % len(names):] + names[: i % len(names)]
-        for name in order:
-            seconds, stdout = timed(commands[name](i))
-            times[name].append(seconds)
-            extra = f"  acc {json.loads(stdout)['acc']:.3f}" if name == "bare" else ""
-            print(f"repeat {i} {name:22s} {seconds:6.2f} s{extra}", flush=True)
-    shutil.rmtree(out, ignore_errors=True)
-    bare = statistics.median(times["bare"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of "
-          f"{args.repeats}: bare {bare:.2f} s")
-    for name in names[1:]:
-        med = statistics.median(times[name])
-        print(f"  {name:22s} {med:6.2f} s  ratio {med / bare:.3f}")
-    print("\n| comparison | setting | clbench s | bare loop s | ratio |\n|---|---|---|---|---|")
-    for name in names[1:]:
-        med = statistics.median(times[name])
-        setting = "default" if name == "clbench" else name.split()[-1]
-        print(f"| whole process (launch to exit) | {setting} | {med:.2f} | {bare:.2f} "
-              f"| {med / bare:.3f} |")
+    commands = {
+        "bare": [sys.executable, str(HERE / "bare_er.py")],
+        "clbench": common,
+        "clbench eval.every=0": [*common, "eval.every=0"],
+    }
+
+    def timed(name: str):
+        def go(seed: int) -> tuple[float, str]:
+            cmd = [*commands[name], f"--seed={seed}" if name == "bare" else f"seed={seed}"]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+            return seconds, (f"acc {json.loads(done.stdout)['acc']:.3f}" if name == "bare"
+                             else "")
+        return go
+
+    try:
+        interleaved({name: timed(name) for name in commands}, args.repeats,
+                    "whole process (launch to exit)")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,16 @@ def test_joblib_launcher_runs_four_jobs_on_two_workers(tmp_path):
     assert len({p.parent for p in summaries}) == 4
     rows = pd.concat(pd.read_csv(p) for p in summaries)
     assert sorted(rows.seed) == [0, 1, 2, 3] and (rows.status == "completed").all()
+
+
+def test_mode_probe_is_skipped_unless_an_override_sets_hydra_mode(monkeypatch):
+    from hydra._internal.hydra import Hydra
+
+    from cl_bench import cli
+
+    calls = []
+    monkeypatch.setattr(Hydra, "get_mode", lambda self, name, overrides: calls.append(1) or 7)
+    cli._skip_mode_probe()
+    assert Hydra.get_mode(None, "config", ["seed=0,1", "method=er"]) is None and not calls
+    assert Hydra.get_mode(None, "config", ["hydra.mode=MULTIRUN", "seed=0,1"]) == 7
+    assert calls == [1]

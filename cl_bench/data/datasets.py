@@ -149,7 +149,7 @@ def _load_npz(path: Path, info: DatasetInfo) -> ArrayDataset:
 
 
 # torchvision's uncompressed IDX files (MNIST layout), read without importing torchvision
-# (~1.5 s of start-up); compressed or missing files go through torchvision
+# (~1.2 s of start-up); compressed or missing files go through torchvision
 _MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
                 "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 IDX_FILES = {"mnist": _MNIST_FILES, "fmnist": _MNIST_FILES}
