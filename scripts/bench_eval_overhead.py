@@ -87,18 +87,27 @@ def main() -> None:
             s = run_one([*common, f"eval.every={every}", f"eval.precision={precision}"],
                         out / f"every{every}_{precision}_{r}")
             results[every, precision].append(
-                (s["eval_overhead"], s["train_seconds"], s["eval_seconds"], s["test_seconds"]))
+                (s["eval_overhead"], s["train_seconds"], s["eval_seconds"], s["test_seconds"],
+                 s["min_acc_class_il"], s["acc_class_il"]))
             resolved[precision], device = s["eval_precision"], s["device"]
     print(f"split MNIST, ER, batch {args.batch_size}+{args.batch_size}, probes "
           f"{args.probe_size}/task, {args.iters or '1 epoch'} iterations/task, "
           f"{args.repeats} repeats (median)")
+    table = ["| setting | train s | eval s | overhead | bare PyTorch loop | min-ACC (class-IL) "
+             "| final ACC |", "|---|---|---|---|---|---|---|"]
     for (every, precision), rows in results.items():
-        ratio, train, ev, test = (statistics.median(col) for col in zip(*rows, strict=True))
+        ratio, train, ev, test, min_acc, acc = (statistics.median(col)
+                                                for col in zip(*rows, strict=True))
         bare = bare_overhead(every, args.probe_size, args.batch_size, resolved[precision],
                              device.split(":")[0])
         print(f"eval.every={every:<4d} {precision} ({resolved[precision]})  train {train:7.2f} s  "
               f"eval {ev:7.2f} s  (test sets {test:5.2f} s)  overhead {100 * ratio:6.1f}%  "
               f"bare-loop overhead {100 * bare:6.1f}%")
+        name = precision if precision != "auto" else f"auto ({resolved[precision]})"
+        table.append(f"| `eval.every={every}`, {name} | {train:.2f} | {ev:.2f} | "
+                     f"{100 * ratio:.1f}% | {100 * bare:.1f}% | {100 * min_acc:.2f} | "
+                     f"{100 * acc:.2f} |")
+    print("\n" + "\n".join(table))
 
 
 if __name__ == "__main__":

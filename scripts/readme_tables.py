@@ -70,6 +70,9 @@ def build(name: str, jobs: int, tmp: Path) -> list[str]:
         if done.returncode != 0:
             sys.exit(f"[{name}] failed ({done.returncode}):\n{done.stderr[-3000:]}")
         rows = rows_of(done.stdout)
+        if len(rows) < 3:
+            sys.exit(f"[{name}] {' '.join(command)} printed no markdown table; README.md left "
+                     f"as it was. Its output ended:\n{done.stdout[-2000:]}")
         table += rows if not table else [r for r in rows[2:]]  # the header once
     return table
 
