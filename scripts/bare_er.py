@@ -33,39 +33,50 @@ def mlp(n_in: int, hidden: list[int], n_out: int) -> nn.Module:
 
 
 def er_loop(model, tasks, tests, *, lr: float, batch_size: int, replay: int, mem_size: int,
-            mean: float, std: float, seed: int, evaluate: bool = True):
-    """Train on `tasks` [(uint8 x, y)] in order; returns (seconds, accuracy matrix rows).
-    `tests` [(x, y)] are scored after every task when `evaluate`."""
+            mean, std, seed: int, evaluate: bool = True, device="cpu", augment=None,
+            steps_per_task: int | None = None):
+    """Train on `tasks` [(uint8 x, y)] in order (on `device`, where the data already is;
+    `augment(x)` on each normalised batch; at most `steps_per_task` steps per task).
+    Returns (seconds, accuracy matrix rows, training images); `tests` [(x, y)] are scored
+    after every task when `evaluate`."""
+    device = torch.device(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    buf_x = torch.empty(mem_size, *tasks[0][0].shape[1:], dtype=torch.uint8)
-    buf_y = torch.empty(mem_size, dtype=torch.int64)
-    seen, rows = 0, []
+    buf_x = torch.empty(mem_size, *tasks[0][0].shape[1:], dtype=torch.uint8, device=device)
+    buf_y = torch.empty(mem_size, dtype=torch.int64, device=device)
+    seen = images = 0
+    rows = []
     gen = torch.Generator().manual_seed(seed)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for train_x, train_y in tasks:
-        order = torch.randperm(len(train_y), generator=gen)
-        for b in range(0, len(order), batch_size):
+        order = torch.randperm(len(train_y), generator=gen).to(device)
+        for b in range(0, len(order), batch_size)[:steps_per_task]:
             idx = order[b : b + batch_size]
             x, y = train_x[idx], train_y[idx]
             if seen:
-                r = torch.randint(0, min(seen, mem_size), (replay,))
+                r = torch.randint(0, min(seen, mem_size), (replay,), device=device)
                 xb, yb = torch.cat([x, buf_x[r]]), torch.cat([y, buf_y[r]])
             else:
                 xb, yb = x, y
+            xb = (xb.float() / 255 - mean) / std
             opt.zero_grad()
-            loss = F.cross_entropy(model((xb.float() / 255 - mean) / std), yb)
+            loss = F.cross_entropy(model(augment(xb) if augment else xb), yb)
             loss.backward()
             opt.step()
-            pos = torch.arange(seen, seen + len(y))
-            slot = torch.where(pos < mem_size, pos, (torch.rand(len(y)) * (pos + 1)).long())
+            pos = torch.arange(seen, seen + len(y), device=device)
+            slot = torch.where(pos < mem_size, pos,
+                               (torch.rand(len(y), device=device) * (pos + 1)).long())
             keep = slot < mem_size
             buf_x[slot[keep]], buf_y[slot[keep]] = x[keep], y[keep]
             seen += len(y)
+            images += len(yb)
         if evaluate:
             with torch.inference_mode():
                 rows.append([(model((tx.float() / 255 - mean) / std).argmax(1) == ty)
                              .float().mean().item() for tx, ty in tests])
-    return time.perf_counter() - start, rows
+    sync()
+    return time.perf_counter() - start, rows, images
 
 
 def interleaved(commands: dict[str, Callable[[int], tuple[float, str]]], repeats: int,
@@ -111,7 +122,7 @@ def main() -> None:
                 for t in range(5)]
 
     model = mlp(784, [100, 100], 10)
-    seconds, rows = er_loop(model, split(train), split(test), lr=0.1, batch_size=10, replay=10,
+    seconds, rows, _ = er_loop(model, split(train), split(test), lr=0.1, batch_size=10, replay=10,
                             mem_size=500, mean=0.1307, std=0.3081, seed=args.seed)
     print(json.dumps({"loop_seconds": seconds, "process_seconds": time.perf_counter() - start,
                       "acc": sum(rows[-1]) / len(rows[-1])}))

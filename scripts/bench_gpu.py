@@ -21,13 +21,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _pool import run_one
+from bare_er import er_loop
 
 from cl_bench.data.benchmarks import split_stream
 from cl_bench.data.transforms import random_crop_flip
@@ -40,45 +39,14 @@ def bare_loop(stream, device, seed: int, iters: int | None) -> tuple[float, int]
     """(seconds, images) of the ER steps on device-resident data; no host sync inside."""
     torch.manual_seed(seed)
     model = ReducedResNet18(stream.input_shape, stream.n_classes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mean = torch.tensor(stream.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(stream.std, device=device).view(1, -1, 1, 1)
     tasks = [(t.train_x.to(device), t.train_y.to(device)) for t in stream]
-    buf_x = torch.empty(MEMORY, *stream.input_shape, dtype=torch.uint8, device=device)
-    buf_y = torch.empty(MEMORY, dtype=torch.int64, device=device)
-    gen = torch.Generator().manual_seed(seed)
-    seen = images = 0
-    _sync(device)
-    start = time.perf_counter()
-    for x_all, y_all in tasks:
-        order = torch.randperm(len(y_all), generator=gen).to(device)
-        steps = range(0, len(order), BATCH)
-        for b in steps[:iters] if iters else steps:
-            idx = order[b : b + BATCH]
-            x, y = x_all[idx], y_all[idx]
-            if seen:
-                r = torch.randint(0, min(seen, MEMORY), (REPLAY,), device=device)
-                xb, yb = torch.cat([x, buf_x[r]]), torch.cat([y, buf_y[r]])
-            else:
-                xb, yb = x, y
-            xb = random_crop_flip((xb.float() / 255 - mean) / std, 4)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            pos = torch.arange(seen, seen + len(y), device=device)
-            slot = torch.where(pos < MEMORY, pos,
-                               (torch.rand(len(y), device=device) * (pos + 1)).long())
-            keep = slot < MEMORY
-            buf_x[slot[keep]], buf_y[slot[keep]] = x[keep], y[keep]
-            seen += len(y)
-            images += len(yb)
-    _sync(device)
-    return time.perf_counter() - start, images
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    seconds, _, images = er_loop(model, tasks, [], lr=0.1, batch_size=BATCH, replay=REPLAY,
+                                 mem_size=MEMORY, mean=mean, std=std, seed=seed,
+                                 evaluate=False, device=device, steps_per_task=iters,
+                                 augment=lambda x: random_crop_flip(x, 4))
+    return seconds, images
 
 
 def overrides(device: str, iters: int | None) -> list[str]:

@@ -50,7 +50,7 @@ def main() -> None:
 
     def bare(seed: int) -> tuple[float, str]:
         torch.manual_seed(seed)
-        seconds, rows = er_loop(mlp(784, [100, 100], 10), tasks, tests, lr=0.1, batch_size=10,
+        seconds, rows, _ = er_loop(mlp(784, [100, 100], 10), tasks, tests, lr=0.1, batch_size=10,
                                 replay=10, mem_size=500, mean=mean, std=std, seed=seed)
         return seconds, f"acc {sum(rows[-1]) / len(rows[-1]):.3f}"
 

@@ -74,7 +74,7 @@ def build(name: str, jobs: int, tmp: Path) -> list[str]:
         if len(rows) < 3:
             sys.exit(f"[{name}] {' '.join(command)} printed no markdown table; README.md left "
                      f"as it was. Its output ended:\n{done.stdout[-2000:]}")
-        table += rows if not table else [r for r in rows[2:]]  # the header once
+        table += rows if not table else rows[2:]  # the header once
     return table
 
 
