@@ -29,6 +29,8 @@ class LatentReplayConf(MethodConf):
     generator_lr: float = 0.001
     per_class_prior: bool = True
     gate_prop: float = 0.0
+    recon_loss: str = "auto"  # auto | bce | mse (auto: bce when level 0 is raw pixels)
+    kl_divisor: float | None = None  # null: the width of level 0
     distill: bool = True
     temperature: float = 2.0
     decode_to_level: bool = True
@@ -89,7 +91,8 @@ class LatentReplay(Method):
 
     def __init__(self, *, replay_batch_size: int = 128, z_dim: int = 100,
                  generator_lr: float = 1e-3, per_class_prior: bool = True,
-                 gate_prop: float = 0.0, distill: bool = True, temperature: float = 2.0,
+                 gate_prop: float = 0.0, recon_loss: str = "auto",
+                 kl_divisor: float | None = None, distill: bool = True, temperature: float = 2.0,
                  decode_to_level: bool = True, targets: str = "from_injected_level",
                  partition: str = "batch_split", save_samples: bool = True,
                  seed: int = 0, **kw):
@@ -99,7 +102,8 @@ class LatentReplay(Method):
         if partition not in PARTITIONS:
             raise ValueError(f"method.partition={partition!r}: choose one of {list(PARTITIONS)}")
         self.generator_options = dict(z_dim=z_dim, per_class_prior=per_class_prior,
-                                      gate_prop=gate_prop, seed=seed)
+                                      gate_prop=gate_prop, seed=seed, kl_divisor=kl_divisor)
+        self.recon_loss = recon_loss
         self.generator_lr = generator_lr
         self.replay_batch_size = replay_batch_size
         self.use_distill, self.temperature = distill, temperature
@@ -117,11 +121,31 @@ class LatentReplay(Method):
         """The level view and the generator are built on the model as plugins left it."""
         self.view = LevelView(model)
         device = next(model.parameters()).device
+        affine = self.pixel_affine()
+        recon_loss = self.recon_loss
+        if recon_loss == "auto":
+            recon_loss = "bce" if affine is not None else "mse"
         self.generator = LevelVAE(self.view.dims, self.class_mask.shape[1],
-                                  **self.generator_options).to(device)
+                                  recon_levels=self.recon_levels(), recon_loss=recon_loss,
+                                  pixel_affine=affine, **self.generator_options).to(device)
         self.add_auxiliary("generator", self.generator,
                            functools.partial(torch.optim.Adam, lr=self.generator_lr))
         return model
+
+    def recon_levels(self) -> list[int]:
+        """The levels the generator learns to reconstruct (those the method replays)."""
+        return [k for k, f in enumerate(self.frequencies) if f > 0]
+
+    def pixel_affine(self):
+        """(a, b) with level 0 = a * pixel + b when level 0 is the raw image (flattened
+        pixels through the runner's normalisation), else None (features)."""
+        scale, shift = self.preprocess.scale.flatten(), self.preprocess.shift.flatten()
+        identity = bool((scale == 1).all() and (shift == 0).all())  # cached features
+        flatten_only = all(isinstance(m, torch.nn.Flatten) for m in self.view.extractor)
+        if identity or not flatten_only or self.view.dims[0] % len(scale):
+            return None
+        per_channel = self.view.dims[0] // len(scale)
+        return (255 * scale).repeat_interleave(per_channel), (-shift).repeat_interleave(per_channel)
 
     # -- phases ----------------------------------------------------------------------------
     def before_task(self, task):
@@ -194,7 +218,10 @@ class LatentReplay(Method):
 
     # -- output ----------------------------------------------------------------------------
     def save_grid(self, task_id: int, per_class: int = 8) -> None:
-        """`samples_task{t}.png`: `per_class` generated inputs (rows) of every class seen."""
+        """`samples_task{t}.png`: `per_class` generated inputs per class seen, one row per
+        class: the class asked for under a per-class prior, else (unconditional sampling)
+        the current classifier's prediction, rows sorted by it. Its own RNG, so drawing
+        the figure does not change the run."""
         shape = getattr(self, "input_shape", None)
         if shape is None or len(shape) != 3 or shape[0] not in (1, 3) \
                 or self.view.dims[0] != shape[0] * shape[1] * shape[2]:
@@ -202,9 +229,13 @@ class LatentReplay(Method):
         from torchvision.utils import save_image
 
         classes = self.active.nonzero().flatten().repeat_interleave(per_class)
+        gen = torch.Generator(device=classes.device).manual_seed(task_id)
         self.counter.enabled = False
         with torch.no_grad():
-            a0 = self.generator.decode(self.generator.z_for(classes, self.gen), classes)[0]
+            a0 = self.generator.decode(self.generator.z_for(classes, gen), classes)[0]
+            if not self.generator.per_class_prior:
+                logits = self.view.levels(a0)[1]
+                a0 = a0[logits.masked_fill(~self.active, float("-inf")).argmax(1).argsort()]
         self.counter.enabled = True
         img = (a0.view(-1, *shape) + self.preprocess.shift) / self.preprocess.scale / 255
         save_image(img.clamp(0, 1), self.output_dir / f"samples_task{task_id}.png",
