@@ -13,7 +13,7 @@ from cl_bench.methods.plr import plr_frequencies
 from cl_bench.models.cvae import LevelVAE
 from cl_bench.models.levels import LevelView
 from cl_bench.models.mlp import MLP
-from conftest import interrupt_and_resume
+from conftest import compose_config, interrupt_and_resume
 
 
 def _replay_cost_ratio(input_shape, hidden, n_classes, rule, n=2**22):
@@ -187,3 +187,63 @@ def test_interrupted_generative_run_resumes_to_the_uninterrupted_result(tmp_path
                                         stop_at=8)  # task 1's third step
     for col in ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]:
         assert summary[col] == ref[col], col
+
+
+def _parts(tmp_path, *overrides):
+    from cl_bench.experiment import build_parts
+    from conftest import data_root
+
+    cfg = compose_config([f"data.root={data_root()}", *overrides])
+    parts = build_parts(cfg, tmp_path)
+    parts.method._build()
+    return parts
+
+
+def test_pixel_generator_maps_sigmoid_pixels_into_the_classifier_input(tmp_path):
+    parts = _parts(tmp_path, "method=generative_replay", "benchmark=split_mnist",
+                   "model.hidden=[20,20]")
+    vae = parts.method.generator
+    assert vae.recon_loss == "bce" and vae.recon_levels == [0] and not vae.per_class_prior
+    x = parts.stream.tasks[0].train_x[:16]
+    a0 = parts.method.preprocess(x).flatten(1)
+    # the BCE targets are the raw pixels in [0, 1]
+    assert torch.allclose(vae.to_pixels(a0), x.flatten(1).float() / 255, atol=1e-5)
+    out = vae.decode(torch.randn(16, vae.z_dim))
+    assert out[0].shape == a0.shape
+    # decoded images lie in the normalised range of [0, 1] pixels
+    lo, hi = vae.pixel_shift, vae.pixel_scale + vae.pixel_shift
+    assert ((out[0] >= lo - 1e-5) & (out[0] <= hi + 1e-5)).all()
+
+
+def test_feature_generator_uses_mse_and_internal_replay_learns_its_level_only(tmp_path):
+    parts = _parts(tmp_path, "method=internal_replay", "method.replay_level=1",
+                   "benchmark=split_mnist", "model.hidden=[20,20]")
+    vae = parts.method.generator
+    assert vae.recon_levels == [1] and vae.per_class_prior and vae.gate_prop == 0.8
+    plr = _parts(tmp_path, "method=plr", "benchmark=split_mnist",
+                 "model.hidden=[20,20]").method.generator
+    assert plr.recon_levels == [0, 1, 2]
+    with pytest.raises(ValueError, match="method.recon_loss"):
+        LevelVAE([16, 5], 3, recon_loss="bce")  # no pixel mapping: level 0 is not an image
+
+
+def test_generator_loss_is_half_mse_of_its_levels_plus_kl_over_the_divisor():
+    torch.manual_seed(0)
+    vae = LevelVAE([6, 5, 4], n_classes=2, z_dim=3, per_class_prior=False,
+                   recon_levels=[1], kl_divisor=10.0)
+    levels = [torch.randn(8, 6), torch.rand(8, 5), torch.rand(8, 4)]
+    y = torch.zeros(8, dtype=torch.long)
+    # levels the generator does not learn do not enter its loss
+    other = [levels[0], levels[1], torch.full((8, 4), 100.0)]
+    torch.manual_seed(1)
+    loss = vae.loss(levels, y)
+    torch.manual_seed(1)
+    assert vae.loss(other, y).item() == pytest.approx(loss.item())
+    # by hand, with the same reparameterisation noise
+    torch.manual_seed(1)
+    mu, logvar = vae.to_z(vae.encoder(levels[0])).chunk(2, dim=1)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    rec = vae.decode_raw(z, down_to=1)[1]
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1).mean()
+    expected = 0.5 * ((rec - levels[1]) ** 2).mean() + kl / 10.0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

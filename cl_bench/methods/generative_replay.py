@@ -7,6 +7,8 @@ from cl_bench.methods.latent_replay import LatentReplay
 
 class GenerativeReplay(LatentReplay):
     """DGR (Shin et al., 2017, "Continual Learning with Deep Generative Replay") with the
-    distillation targets of van de Ven et al. (2020): generated inputs are replayed at
-    level 0 (the classifier's input, or the frozen extractor's output) and take the
-    previous classifier's soft targets; current/replay losses are weighted 1/t, 1 - 1/t."""
+    distillation targets of van de Ven & Tolias (2019, "Three scenarios for continual
+    learning"): a VAE learns level 0 alone (the classifier's input, or the frozen
+    extractor's output), by default with a N(0, I) prior sampled unconditionally and a
+    sigmoid/BCE pixel output as in their code; its samples take the previous classifier's
+    soft targets; current/replay losses are weighted 1/t, 1 - 1/t."""

@@ -80,9 +80,9 @@ class LatentReplay(Method):
     A replay minibatch of `replay_batch_size` is split by injection level with
     frequencies `self.frequencies` (f_0 .. f_{L-1}, summing to 1). On task t the loss is
     (1/t) CE(current) + (1 - 1/t) KD_T(replay, previous classifier). The generator, an
-    auxiliary network the base steps with the classifier, trains on the current batch's
-    levels a_0 .. a_{L-1} (read from the classifier's own pass) and on its previous copy's
-    samples, weighted the same way (loss term `generator`). FLOPs are tagged `current`,
+    auxiliary network the base steps with the classifier, trains on the levels it replays
+    (`recon_levels`), read from the classifier's own pass on the current batch, and on its
+    previous copy's samples, weighted the same way (loss term `generator`). FLOPs are tagged `current`,
     `replay` (generator sampling + classifier replay pass), `teacher` and
     `generator_train`.
     """
