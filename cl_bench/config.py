@@ -31,6 +31,16 @@ class DataConf:
     download: bool = False
 
 
+@dataclass
+class WeightsConf:
+    root: str | None = None  # pretrained weights: <root>/conv5_cifar10/conv5_cifar10.npz
+
+
+@dataclass
+class CacheConf:
+    root: str = "~/.cache/clbench"  # derived files (cached features); never under data.root
+
+
 @schema("optimizer", "sgd")
 @dataclass
 class SGDConf:
@@ -88,6 +98,8 @@ class ClbenchConf:
     eval: EvalConf = MISSING
     logger: LoggerConf = MISSING
     data: DataConf = field(default_factory=DataConf)
+    weights: WeightsConf = field(default_factory=WeightsConf)
+    cache: CacheConf = field(default_factory=CacheConf)
     seed: int = 0
     device: Device = Device.auto
     scenario: Scenario = MISSING
