@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -106,6 +107,15 @@ class ClbenchConf:
     deterministic: bool = False
     output_root: str = "outputs"
     skip_done: bool = False
+    protocol: str = "paper"  # paper | cpu: the budget of the conf/pair/ protocols
+    pair: str | None = None  # the conf/pair/ protocol applied (set by the pair itself)
+
+
+def pairs() -> list[str]:
+    """The protocols of conf/pair/, each named <benchmark>_<model>_<method>."""
+    from cl_bench.cli import CONF_DIR  # cl_bench.cli imports this module
+
+    return sorted(p.stem for p in Path(CONF_DIR, "pair").glob("*.yaml"))
 
 
 # packages whose modules define schemas next to their classes (`@schema(group, name)`)
@@ -156,6 +166,12 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} has no value (??? in the config): set it, "
                           f"e.g. {missing[0]}=VALUE")
+    if cfg.get("protocol", "paper") != "paper" and cfg.get("pair") is None:
+        raise ConfigError(
+            f"protocol={cfg.protocol} sizes the published protocols of conf/pair/, and "
+            f"benchmark={cfg.benchmark.name} model={cfg.model.name} method={cfg.method.name} "
+            f"has none (conf/pair/ has {', '.join(pairs())}, named benchmark_model_method); "
+            "drop protocol= or choose one of those")
     for key in ("lr", "momentum", "weight_decay"):
         value = cfg.optimizer.get(key)
         if value is not None and value < 0:
