@@ -245,6 +245,7 @@ def test_a_corrupt_or_unwritable_cache_is_rebuilt_or_skipped(shared, env, tmp_pa
     cache = env(data)
     cfg = compose_config(["benchmark=split_cifar100", "method=plr"])
     path = Path(build_stream(cfg).provenance["features_cache"])
+    assert path.parent == cache / "features"
     path.write_bytes(b"truncated")
     stream = build_stream(cfg)
     assert not stream.provenance["features_cache_hit"] and build_stream(cfg).provenance[
