@@ -44,14 +44,24 @@ def option_groups(choices=None) -> str:
     registered in Hydra's ConfigStore are not choices), `*` on the ones in `choices`."""
     root, lines = Path(CONF_DIR), []
     groups = sorted({p.parent.relative_to(root).as_posix() for p in root.glob("*/**/*.yaml")})
-    for group in (g for g in groups if g != "hydra/help"):
+    # a folder or file named _* holds parts of other options (conf/pair/_bir/), not choices
+    for group in (g for g in groups if g != "hydra/help" and "/_" not in f"/{g}"):
         chosen = (choices or {}).get(group)  # Hydra records none for a list-valued group
-        options = [p.stem + "*" * (p.stem == chosen) for p in sorted(root.glob(f"{group}/*.yaml"))]
+        options = [p.stem + "*" * (p.stem == chosen) for p in sorted(root.glob(f"{group}/*.yaml"))
+                   if not p.stem.startswith("_")]
         lines.append(textwrap.fill(", ".join(options), width=96, initial_indent=f"{group}: ",
                                    subsequent_indent="    ", break_on_hyphens=False))
     return "\n".join(lines)
 
 
+def _if_pair(pair: str, then: str, otherwise: str) -> str:
+    """conf/config.yaml's optimizer choice: `then` when conf/pair/ has the protocol `pair`
+    (<benchmark>_<model>_<method>), else `otherwise`. A pair, chosen by an interpolation in
+    the defaults list, may not switch a group itself (Hydra forbids overrides there)."""
+    return then if Path(CONF_DIR, "pair", f"{pair}.yaml").is_file() else otherwise
+
+
+OmegaConf.register_new_resolver("clbench_if_pair", _if_pair, replace=True)
 OmegaConf.register_new_resolver("clbench_uid", lambda: _INVOCATION_UID[0], replace=True)
 OmegaConf.register_new_resolver("clbench_run_id", lambda *, _root_: run_id(_root_), replace=True)
 OmegaConf.register_new_resolver(

@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -29,6 +30,16 @@ class Device(Enum):
 class DataConf:
     root: str | None = None
     download: bool = False
+
+
+@dataclass
+class WeightsConf:
+    root: str | None = None  # pretrained weights: <root>/conv5_cifar10/conv5_cifar10.npz
+
+
+@dataclass
+class CacheConf:
+    root: str = "~/.cache/clbench"  # derived files (cached features); never under data.root
 
 
 @schema("optimizer", "sgd")
@@ -88,12 +99,23 @@ class ClbenchConf:
     eval: EvalConf = MISSING
     logger: LoggerConf = MISSING
     data: DataConf = field(default_factory=DataConf)
+    weights: WeightsConf = field(default_factory=WeightsConf)
+    cache: CacheConf = field(default_factory=CacheConf)
     seed: int = 0
     device: Device = Device.auto
     scenario: Scenario = MISSING
     deterministic: bool = False
     output_root: str = "outputs"
     skip_done: bool = False
+    protocol: str = "paper"  # paper | cpu: the budget of the conf/pair/ protocols
+    pair: str | None = None  # the conf/pair/ protocol applied (set by the pair itself)
+
+
+def pairs() -> list[str]:
+    """The protocols of conf/pair/, each named <benchmark>_<model>_<method>."""
+    from cl_bench.cli import CONF_DIR  # cl_bench.cli imports this module
+
+    return sorted(p.stem for p in Path(CONF_DIR, "pair").glob("*.yaml"))
 
 
 # packages whose modules define schemas next to their classes (`@schema(group, name)`)
@@ -144,6 +166,12 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} has no value (??? in the config): set it, "
                           f"e.g. {missing[0]}=VALUE")
+    if cfg.get("protocol", "paper") != "paper" and cfg.get("pair") is None:
+        raise ConfigError(
+            f"protocol={cfg.protocol} sizes the published protocols of conf/pair/, and "
+            f"benchmark={cfg.benchmark.name} model={cfg.model.name} method={cfg.method.name} "
+            f"has none (conf/pair/ has {', '.join(pairs())}, named benchmark_model_method); "
+            "drop protocol= or choose one of those")
     for key in ("lr", "momentum", "weight_decay"):
         value = cfg.optimizer.get(key)
         if value is not None and value < 0:

@@ -328,6 +328,7 @@ class Run:
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)
+        self._report_provenance(parts.stream.provenance)
         batch_gen = torch.Generator().manual_seed(cfg.seed)
         if self.resumed:
             state.restore(parts, batch_gen)
@@ -341,6 +342,25 @@ class Run:
             self._train_task(parts, task.to(parts.device), batch_gen)
             state.save(self.run_dir, parts, batch_gen)
         self._finish(parts)
+
+    def _report_provenance(self, provenance: dict) -> None:
+        """How the stream's inputs were made (cached features: the extractor's weights and
+        the cache file) goes into the summary, the console and clbench.log."""
+        if not provenance:
+            return
+        self.summary.update(provenance)
+        if "features_cache" in provenance:
+            p = provenance
+            how = (f"read from {p['features_cache']}" if p["features_cache_hit"] else
+                   f"computed in {p['features_seconds']:.1f} s, "
+                   + ("not cached" if p.get("features_cache_error") else
+                      f"cached in {p['features_cache']}"))
+            line = (f"features: conv5 {p['extractor_weights']} (sha256 "
+                    f"{p['extractor_sha256'][:12]}), {how}")
+            log.info(line)
+            self.console.say(line)
+        if provenance.get("features_cache_error"):
+            self.console.warn(provenance["features_cache_error"])
 
     def _evaluate(self, parts: Parts, score, continual: bool = False) -> dict:
         """Time goes to `eval_seconds` (continual probes) or `test_seconds` (test sets)."""

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 import cl_bench
 
 # keys that say where or how a run is written or shown, not what it computes
-NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger")
+NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger",
+             "weights.root", "cache", "benchmark.cache")
 
 
 def flatten(container: dict, prefix: str = "") -> dict:

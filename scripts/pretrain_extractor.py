@@ -1,8 +1,12 @@
 """Pretrain the conv5 feature extractor on CIFAR-10 and save it as a `.npz` that
-`model=conv5_frozen model.weights=PATH` and `benchmark=split_cifar100_features
-benchmark.weights=PATH` load (format: the README of the shared conv5_cifar10 weights).
+`benchmark=split_cifar100_features` (and the split CIFAR-100 protocol of conf/pair/) and
+`model=conv5_frozen` load (format: the README of the shared conv5_cifar10 weights). They
+read `<weights.root>/conv5_cifar10/conv5_cifar10.npz` by default (weights.root:
+$CLBENCH_WEIGHTS, else models/ beside the data root), or the file named by
+`benchmark.weights=PATH` / `model.weights=PATH`.
 
-    CLBENCH_DATA=../shared/data python scripts/pretrain_extractor.py --out conv5.npz \
+    CLBENCH_DATA=../shared/data python scripts/pretrain_extractor.py \
+        --out $CLBENCH_WEIGHTS/conv5_cifar10/conv5_cifar10.npz \
         [--epochs 100 --batch-size 128 --lr 0.1]
 
 SGD with Nesterov momentum 0.9, weight decay 5e-4, one-cycle learning rate, random crop
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +60,7 @@ def main() -> None:
                           zip(data.test_x.split(1000), data.test_y.split(1000), strict=True))
         print(f"epoch {epoch + 1}: loss {loss.item():.3f} test acc "
               f"{correct / len(data.test_y):.4f}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_conv5(extractor, head, args.out)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cl_bench.data.datasets import load_dataset
+from cl_bench.data.datasets import ArrayDataset, load_dataset
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.schemas import Scenario, schema
 
@@ -28,7 +28,22 @@ def split_stream(
     download: bool = False,
 ) -> TaskStream:
     """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL)."""
-    data = load_dataset(dataset, root, download)
+    return split_dataset(load_dataset(dataset, root, download), name=name, dataset=dataset,
+                         n_tasks=n_tasks, class_order=class_order,
+                         shuffle_classes=shuffle_classes, class_seed=class_seed)
+
+
+def split_dataset(
+    data: ArrayDataset,
+    *,
+    name: str,
+    dataset: str,
+    n_tasks: int,
+    class_order: list[int] | None = None,
+    shuffle_classes: bool = False,
+    class_seed: int = 0,
+) -> TaskStream:
+    """`split_stream` of the loaded `data` (whatever its inputs: images, or features)."""
     n_classes = int(data.train_y.max()) + 1
     if n_tasks < 1 or n_classes % n_tasks:
         raise ValueError(

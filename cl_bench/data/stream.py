@@ -48,6 +48,9 @@ class TaskStream:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_order: list[int] = field(default_factory=list)
+    # how the inputs were made, for the run's summary (e.g. the extractor and feature cache
+    # of cached-features benchmarks); empty for a dataset read as it is
+    provenance: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -27,14 +27,30 @@ def conv5_extractor() -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten())
 
 
+# where `benchmark.weights` and `model.weights` look by default, under `weights.root`
+DEFAULT_WEIGHTS = "conv5_cifar10/conv5_cifar10.npz"
+
+
+def weights_file(path: str | Path, key: str) -> Path:
+    """`path` (as the config gave it, `~` expanded, `..` resolved) when it is a file; else
+    fails naming the config key `key`, the path tried and the ways to get one."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{key}={path} does not exist: the frozen conv5 extractor (pretrained on "
+            f"CIFAR-10) is read from there. {key} defaults to <weights.root>/{DEFAULT_WEIGHTS}, "
+            "and weights.root to $CLBENCH_WEIGHTS, else models/ beside data.root. Fix: set "
+            f"CLBENCH_WEIGHTS (or weights.root=DIR) to the folder that holds {DEFAULT_WEIGHTS}, "
+            f"or pass {key}=PATH; to make the file, run `python scripts/pretrain_extractor.py "
+            f"--out {path}` (trains on the CIFAR-10 under data.root).")
+    return path
+
+
 def load_conv5(extractor: nn.Sequential, path: str | Path, key: str = "model.weights") -> str:
     """Loads the `conv{i}.*` arrays of a conv5 `.npz` (see the pretrain script); returns
-    the first 12 hex digits of the file's sha256. `key` is the config key that named the
-    file, for the error message."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}={path} does not exist; pretrain one with "
-                                "scripts/pretrain_extractor.py")
+    the file's sha256 (hex). `key` is the config key that named the file, for the error
+    message."""
+    path = weights_file(path, key)
     arrays = np.load(path)
     for i in range(5):
         conv, bn = extractor[3 * i], extractor[3 * i + 1]
@@ -44,7 +60,7 @@ def load_conv5(extractor: nn.Sequential, path: str | Path, key: str = "model.wei
         bn.bias.data.copy_(torch.from_numpy(arrays[p + "bn_bias"]))
         bn.running_mean.copy_(torch.from_numpy(arrays[p + "bn_running_mean"]))
         bn.running_var.copy_(torch.from_numpy(arrays[p + "bn_running_var"]))
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def save_conv5(extractor: nn.Sequential, head: nn.Linear, path: str | Path) -> None:
@@ -99,4 +115,4 @@ class Conv5FrozenConf:
     _target_: str = "cl_bench.models.conv5.Conv5Frozen"
     name: str = "conv5_frozen"
     hidden: list[int] = field(default_factory=lambda: [2000, 2000])
-    weights: str | None = None
+    weights: str | None = "${weights.root}/" + DEFAULT_WEIGHTS
