@@ -124,7 +124,7 @@ def test_protocol_cpu_sizes_the_paired_runs(method):
     cfg = compose_config(["benchmark=split_cifar100", f"method={method}", "protocol=cpu",
                           "data.root=/data"])
     paper = compose_config(["benchmark=split_cifar100", f"method={method}", "data.root=/data"])
-    assert (cfg.budget.batch_size, cfg.budget.iters) == (128, 1000)
+    assert (cfg.budget.batch_size, cfg.budget.iters) == (128, 500)
     assert cfg.method.get("replay_batch_size") == (None if method in ("finetune", "joint")
                                                    else 128)
     sized = {"protocol", "budget.batch_size", "budget.iters", "method.replay_batch_size"}
