@@ -139,6 +139,15 @@ def test_generative_replay_beats_finetune_on_digits(run_job):
     assert gr["acc_class_il"] > fine["acc_class_il"] + 0.5
 
 
+@pytest.mark.slow
+def test_gr_mnist_within_2_points_of_the_published_dgr_distill(run_job):
+    """van de Ven & Tolias (2019) report 91.79 % class-IL for DGR + distillation on this
+    protocol (~7 min on 2 CPU cores)."""
+    gr, run_dir = run_job("experiment=gr_mnist", "eval.every=0")
+    assert gr["acc_class_il"] >= 0.8979 and gr["acc_task_il"] >= 0.99
+    assert (run_dir / "samples_task4.png").is_file()
+
+
 def test_plr_replays_cheaper_than_generative_replay_and_logs_components(run_job):
     gr, gr_dir = run_job("method=generative_replay", *TINY)
     plr, _ = run_job("method=plr", "method.rule=cumulative_weights", *TINY)
