@@ -82,9 +82,9 @@ class LatentReplay(Method):
     (1/t) CE(current) + (1 - 1/t) KD_T(replay, previous classifier). The generator, an
     auxiliary network the base steps with the classifier, trains on the levels it replays
     (`recon_levels`), read from the classifier's own pass on the current batch, and on its
-    previous copy's samples, weighted the same way (loss term `generator`). FLOPs are tagged `current`,
-    `replay` (generator sampling + classifier replay pass), `teacher` and
-    `generator_train`.
+    previous copy's samples, weighted the same way (loss term `generator`). FLOPs are
+    tagged `current`, `replay` (generator sampling + classifier replay pass), `teacher`
+    and `generator_train`.
     """
 
     supported_scenarios = ("class_il", "task_il")

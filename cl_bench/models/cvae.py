@@ -40,7 +40,8 @@ class LevelVAE(nn.Module):
                  kl_divisor: float | None = None):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
-            raise ValueError(f"method.recon_loss={recon_loss!r}: choose one of {list(RECON_LOSSES)}")
+            raise ValueError(f"method.recon_loss={recon_loss!r}: choose one of "
+                             f"{list(RECON_LOSSES)}")
         if recon_loss == "bce" and pixel_affine is None:
             raise ValueError("method.recon_loss='bce' needs level 0 to be raw pixels; "
                              "use method.recon_loss=mse for features")
