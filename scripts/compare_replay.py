@@ -79,7 +79,7 @@ def main() -> None:
     for (name, seed), s in zip(runs, summaries, strict=True):
         results[name].append({"seed": seed, "acc": s["acc_class_il"],
                               "acc_task": s.get("acc_task_il"),
-                              "replay": s["flops_replay"], "train": s["train_flops"],
+                              "replay": s.get("flops_replay", 0), "train": s["train_flops"],
                               "seconds": s["train_seconds"]})
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
