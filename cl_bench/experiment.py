@@ -10,6 +10,8 @@ import platform
 import random
 import resource
 import shutil
+import signal
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -49,8 +51,38 @@ log.addHandler(logging.NullHandler())
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Raised by the SIGTERM handler (with the signal's name) so a terminated run is
-    recorded as interrupted."""
+    """Raised (with the signal's name) for SIGINT or SIGTERM so the run is recorded as
+    interrupted."""
+
+
+class StopRequests:
+    """SIGINT/SIGTERM during a run stop it at the next step boundary: a KeyboardInterrupt
+    raised wherever the signal lands can hit a finaliser or a library's cleanup, where
+    Python swallows it and the run would go on. A second signal stops at once."""
+
+    def __init__(self):
+        self.pending: str | None = None
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.pending is not None:
+            raise RunInterrupted(name)
+        self.pending = name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise RunInterrupted(self.pending)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -226,6 +258,7 @@ class Run:
         self.resumed = False
         self.loggers: list = []
         self.console = ConsoleLogger(cfg.logger.console)
+        self.stops = StopRequests()
 
     def _open(self) -> None:
         """Restores the last checkpoint (when resuming; a corrupt one is reported and the
@@ -268,7 +301,8 @@ class Run:
             write_summary(self.run_dir, self.summary)
             log.info("run %s in %s", self.summary["run_id"], self.run_dir)
             self._open()
-            self._train()
+            with self.stops:
+                self._train()
             self.summary["status"] = "completed"
         except KeyboardInterrupt as err:
             at = self.state.task + 1
@@ -394,6 +428,7 @@ class Run:
         for idx in parts.budget.batches(len(data), batch_gen, parts.device):
             window.add(method.observe(data[idx]))
             state.step += 1
+            self.stops.check()
             if state.step % train_every == 0:
                 self._flush_train(task.id, window, parts.counter, t_start)
             if every and state.step % every == 0:
