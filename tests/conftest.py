@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cl_bench.cli import CONF_DIR  # registers the schemas and resolvers, as the CLI does
+from cl_bench.cli import CONF_DIR, main  # registers the schemas and resolvers, as the CLI does
 from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.experiment import run_experiment
@@ -57,6 +58,19 @@ def train_task(method, task, steps=5):
     for s in range(steps):
         method.observe(batch_of(task, s))
     method.end_task(task)
+
+
+def clbench(args, monkeypatch, capsys) -> tuple[int, str]:
+    """Runs `clbench ARGS` in this process: (exit code, stdout + stderr)."""
+    monkeypatch.setattr(sys, "argv", ["clbench", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def compose_config(overrides: list[str]):

@@ -23,6 +23,7 @@ import torch
 from cl_bench import checkpoint
 from cl_bench.cli import main
 from cl_bench.methods.base import Method
+from conftest import clbench
 
 TINY = ["budget.iters=3", "eval.every=0", "logger.console=false"]
 
@@ -68,19 +69,6 @@ def data(tmp_path_factory) -> Path:
     test_labels = raw / "t10k-labels-idx1-ubyte"
     test_labels.write_bytes(test_labels.read_bytes()[:-7])  # a copy that stopped short
     return root
-
-
-def clbench(args, monkeypatch, capsys) -> tuple[int, str]:
-    """Runs `clbench ARGS` in this process: (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["clbench", *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def _case(*args, says, run=True, marks=()):

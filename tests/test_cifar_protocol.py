@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cl_bench.cli import main
 from cl_bench.data.features import extract
 from cl_bench.experiment import build_stream, run_experiment
 from cl_bench.models.conv5 import conv5_extractor, load_conv5
-from conftest import REPO, compose_config
+from conftest import REPO, clbench, compose_config
 
 TINY = ["budget.iters=2", "budget.batch_size=8", "method.replay_batch_size=8",
         "eval.every=0", "logger.console=false"]
@@ -163,22 +162,10 @@ def test_other_methods_and_models_on_split_cifar100_keep_the_defaults():
 
 
 def test_protocol_cpu_without_a_pair_fails_naming_it(tmp_path, monkeypatch, capsys):
-    code, out = _clbench(["benchmark=split_cifar100", "method=er", "protocol=cpu",
+    code, out = clbench(["benchmark=split_cifar100", "method=er", "protocol=cpu",
                           f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 1 and "Traceback" not in out
     assert "protocol=cpu" in out and "split_cifar100_mlp_plr" in out
-
-
-def _clbench(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["clbench", *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_missing_weights_stop_before_training_with_one_clear_message(
@@ -187,7 +174,7 @@ def test_missing_weights_stop_before_training_with_one_clear_message(
     cache = env(data)
     monkeypatch.setenv("CLBENCH_WEIGHTS", str(tmp_path / "nowhere"))
     tried = tmp_path / "nowhere" / "conv5_cifar10" / "conv5_cifar10.npz"
-    code, out = _clbench(["benchmark=split_cifar100", "method=plr",
+    code, out = clbench(["benchmark=split_cifar100", "method=plr",
                           f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 1 and "Traceback" not in out
     message = out.split("clbench: ")[1].splitlines()[0]  # one paragraph
