@@ -321,6 +321,7 @@ class FlopCounter:
         self.phase = "train"
         self.enabled = True
         self.components: dict[str, int] = {}  # train FLOPs by the component they ran under
+        self.overhead: dict[str, int] = {}  # work outside training FLOPs (mask updates)
         self._component: str | None = None
         self._modules: weakref.WeakSet = weakref.WeakSet()
         self._fallback_cache: dict[tuple, int] = {}
@@ -401,16 +402,25 @@ class FlopCounter:
         if name is not None:
             self.components[name] = self.components.get(name, 0) + flops
 
+    def add_overhead(self, flops: int, name: str) -> None:
+        """Bookkeeping work kept out of the training FLOPs (e.g. sorting for a mask update),
+        reported as `overhead_flops_<name>`."""
+        if self.enabled:
+            self.overhead[name] = self.overhead.get(name, 0) + flops
+
     def component_columns(self) -> dict[str, int]:
         """Cumulative training FLOPs of every component tagged so far, as
-        `{"flops_<name>": flops}` in the order they were first tagged."""
-        return {f"flops_{name}": flops for name, flops in self.components.items()}
+        `{"flops_<name>": flops}` in the order they were first tagged, then the overheads
+        as `{"overhead_flops_<name>": flops}`."""
+        return {**{f"flops_{name}": flops for name, flops in self.components.items()},
+                **{f"overhead_flops_{name}": flops for name, flops in self.overhead.items()}}
 
     def state_dict(self) -> dict:
         """The totals and components, for a checkpoint."""
         return {"train_flops": self.train_flops, "eval_flops": self.eval_flops,
                 "train_flops_dense": self.train_flops_dense,
-                "eval_flops_dense": self.eval_flops_dense, "components": dict(self.components)}
+                "eval_flops_dense": self.eval_flops_dense, "components": dict(self.components),
+                "overhead": dict(self.overhead)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores `state_dict()`; dense totals missing from an older checkpoint are taken
@@ -420,3 +430,4 @@ class FlopCounter:
         self.eval_flops_dense = state.get("eval_flops_dense", self.eval_flops)
         self.components.clear()
         self.components.update(state.get("components", {}))
+        self.overhead = dict(state.get("overhead", {}))
