@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,3 +40,10 @@ def run_all(specs: list[tuple[list[str], Path]], jobs: int = 1) -> list[dict]:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=torch.set_num_threads,
                              initargs=(threads,)) as pool:
         return list(pool.map(run_one, *zip(*specs, strict=True)))
+
+
+def mean_sd(values: list[float]) -> str:
+    """`mean ± std (per seed)` of a table cell."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    per_seed = " / ".join(f"{v:.1f}" for v in values)
+    return f"{statistics.mean(values):.2f} ± {sd:.2f} ({per_seed})"

@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _pool import run_all
+from _pool import mean_sd, run_all
 
 RULES = ("uniform", "cumulative_weights", "total_weights")
 PROTOCOLS = {
@@ -98,16 +98,11 @@ def main() -> None:
         ok = (name.startswith("plr") and ref_acc is not None
               and ref_acc - statistics.mean(accs) <= 2 and ratio <= 0.6)
         task = f"{statistics.mean(tasks):.2f}" if tasks else "–"
-        print(f"| {name} | {_mean_sd(accs)} | {task} | {replay:.3e} | {ratio:.3f} | "
+        print(f"| {name} | {mean_sd(accs)} | {task} | {replay:.3e} | {ratio:.3f} | "
               f"{statistics.mean(r['train'] for r in rows):.3e} | "
               f"{statistics.mean(r['seconds'] for r in rows):.0f} s |"
               f"{f' within 2 points of {ref_name} at <= 0.6x' if ok else ''}")
 
-
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    per_seed = " / ".join(f"{v:.1f}" for v in values)
-    return f"{statistics.mean(values):.2f} ± {sd:.2f} ({per_seed})"
 
 if __name__ == "__main__":
     main()
