@@ -195,6 +195,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     model = instantiate_part(cfg.model, input_shape=stream.input_shape,
                    n_classes=stream.n_classes).to(device)
     budget = instantiate_part(cfg.budget)
+    budget.check_tasks(len(stream))
     memory = build_memory(cfg, device, run_dir)
     plugins = [instantiate_part(node, ()) for node in cfg.plugins.values()]
     if getattr(model, "head_kind", "linear") == "nmc":  # model.head=nmc: predict by class means
@@ -362,6 +363,8 @@ class Run:
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)
+        if parts.budget.match is not None:
+            self.summary["budget_match"] = str(Path(parts.budget.match).expanduser().resolve())
         self._report_provenance(parts.stream.provenance)
         batch_gen = torch.Generator().manual_seed(cfg.seed)
         if self.resumed:
@@ -425,7 +428,7 @@ class Run:
         window = LossWindow(parts.device)
         t_task, eval_before = time.perf_counter(), state.eval_seconds
         t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
-        for idx in parts.budget.batches(len(data), batch_gen, parts.device):
+        for idx in parts.budget.batches(len(data), batch_gen, parts.device, task=task.id):
             window.add(method.observe(data[idx]))
             state.step += 1
             self.stops.check()

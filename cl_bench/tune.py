@@ -197,7 +197,7 @@ class TuneConsole(ConsoleLogger):
 
     label = ""
 
-    def start_task(self, task_id: int, n_tasks: int, total_steps: int) -> None:
+    def start_task(self, task_id: int, n_tasks: int, total_steps: int | None) -> None:
         super().start_task(task_id, n_tasks, total_steps)
         self._description = f"task {task_id + 1}/{n_tasks} {self.label}"
         self.progress.update(self._bar, description=self._description)

@@ -87,6 +87,8 @@ CASES = {
                                  says=["eval.every"]),
     "iters_zero": _case("budget.iters=0", "eval.every=0", says=["budget.iters"]),
     "flops_negative": _case("budget.flops_per_task=-1", *TINY, says=["budget.flops_per_task"]),
+    "match_missing": _case("budget.match=/nowhere/ref", *TINY,
+                           says=["budget.match=/nowhere/ref", "no such directory"]),
     "probe_size_negative": _case("eval.probe_size=-3", "budget.iters=3",
                                  "logger.console=false", says=["eval.probe_size"]),
     "replay_batch_negative": _case("method=er", "method.replay_batch_size=-2", *TINY,

@@ -1,10 +1,13 @@
 """clbench-compare on a 2 methods x 2 seeds set of runs, plus one failed run."""
 
 import csv
+import json
+import shutil
 import statistics
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from cl_bench.report.compare import main as compare
 from cl_bench.report.plots import pareto_front
@@ -125,3 +128,42 @@ def test_metrics_option_keeps_the_named_columns_and_rejects_unknown_ones(sweep, 
     capsys.readouterr()
     assert compare([str(sweep), "--out", str(tmp_path), "--metrics", "acc_nope"]) == 2
     assert "acc_nope" in capsys.readouterr().out
+
+
+def test_acc_vs_flops_plots_the_flops_column_chosen(sweep, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep, runs)
+    for path in runs.glob("*_*/summary.json"):  # er sparse-like; finetune older than the dense
+        summary = json.loads(path.read_text())
+        if summary["method"] == "er":
+            summary["train_flops_dense"] = 3 * summary["train_flops"]
+        else:
+            del summary["train_flops_dense"]
+        path.write_text(json.dumps(summary))
+    plotted, savefig = {}, Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        if str(path).endswith("acc_vs_flops.png"):
+            ax = fig.axes[0]
+            plotted.update(xlabel=ax.get_xlabel(), x=list(ax.containers[0].lines[0].get_xdata()))
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    flops = {m: statistics.mean(_from_csv(sweep / f"{m}_{s}" / "summary.csv", "train_flops")
+                                for s in (0, 1)) for m in ("er", "finetune")}  # groups sorted
+    capsys.readouterr()
+    assert compare([str(runs), "--out", str(tmp_path / "a"), "--plot", "--flops", "executed"]) == 0
+    assert (tmp_path / "a" / "acc_vs_flops.png").stat().st_size > 200
+    assert "executed" in plotted["xlabel"]
+    assert plotted["x"] == pytest.approx([3 * flops["er"], flops["finetune"]])
+    note = " ".join(capsys.readouterr().out.split())
+    assert "2 of 4 runs have no train_flops_dense (older runs): their train_flops" in note
+
+    assert compare([str(runs), "--out", str(tmp_path / "b"), "--plot"]) == 0
+    assert "theoretical" in plotted["xlabel"]
+    assert plotted["x"] == pytest.approx([flops["er"], flops["finetune"]])
+    assert "train_flops_dense" not in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as bad:
+        compare([str(runs), "--plot", "--flops", "dense"])
+    assert bad.value.code == 2 and "--flops" in capsys.readouterr().err

@@ -34,7 +34,8 @@ class ConsoleLogger:
         )
         self._bar = None
 
-    def start_task(self, task_id: int, n_tasks: int, total_steps: int) -> None:
+    def start_task(self, task_id: int, n_tasks: int, total_steps: int | None) -> None:
+        """A bar for the task; `total_steps` None: unknown ahead (the bar counts up)."""
         if not self.progress.live.is_started:
             self.progress.start()
         self._bar = self.progress.add_task(

@@ -39,6 +39,10 @@ def parse_args(argv):
                         "keeps all)")
     parser.add_argument("--plot", action="store_true",
                         help="also write acc_matrices.png, stability_curves.png, acc_vs_flops.png")
+    parser.add_argument("--flops", choices=("theoretical", "executed"), default="theoretical",
+                        help="x axis of acc_vs_flops.png: theoretical (summary train_flops, "
+                        "sparse layers at their density; default) or executed "
+                        "(train_flops_dense, as PyTorch's dense kernels run them)")
     return parser.parse_args(argv)
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{len(completed)} completed runs grouped by {', '.join(keys)}: {CELL}")
         written = _write(table, shown, unfinished, out, formats)
         if args.plot:
-            written += _plots(completed, table, keys, out)
+            written += _plots(completed, table, keys, out, args.flops, console)
         console.print("wrote " + ", ".join(str(p) for p in written))
     if not unfinished.empty:
         listing = unfinished[LISTED].astype(object).fillna("")
@@ -130,15 +134,23 @@ def _write(table, shown, unfinished, out: Path, formats) -> list[Path]:
     return written
 
 
-def _plots(runs, table, keys, out: Path) -> list[Path]:
-    from cl_bench.report.plots import plot_acc_matrices, plot_acc_vs_flops, plot_stability_curves
+def _plots(runs, table, keys, out: Path, flops: str, console: Console) -> list[Path]:
+    from cl_bench.report.plots import (
+        plot_acc_matrices,
+        plot_acc_vs_flops,
+        plot_stability_curves,
+        with_flops,
+    )
 
     scenario = runs["scenario"].iloc[0]
+    flops_table, note = with_flops(runs, table, keys, flops)
+    if note:
+        console.print(f"clbench-compare: note: {note}")
     paths = [plot_acc_matrices(runs, keys, out / "acc_matrices.png"),
              plot_stability_curves(runs, keys, out / "stability_curves.png"),
-             plot_acc_vs_flops(table, keys, f"acc_{scenario}", out / "acc_vs_flops.png")]
+             plot_acc_vs_flops(flops_table, keys, f"acc_{scenario}", out / "acc_vs_flops.png",
+                               flops)]
     return [p for p in paths if p is not None]
-
 
 if __name__ == "__main__":
     sys.exit(main())

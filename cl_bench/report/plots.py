@@ -91,20 +91,54 @@ def pareto_front(flops: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def plot_acc_vs_flops(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> Path:
-    flops = table["train_flops_mean"].to_numpy(float)
+# --flops -> (summary column, x-axis label)
+FLOPS_AXES = {
+    "theoretical": ("train_flops", "training FLOPs, theoretical (sparse layers at their density)"),
+    "executed": ("train_flops_dense", "training FLOPs, executed (dense kernels)"),
+}
+
+
+def with_flops(runs: pd.DataFrame, table: pd.DataFrame, keys: list[str],
+               flops: str) -> tuple[pd.DataFrame, str | None]:
+    """`table` with the mean and std over seeds of the training FLOPs `flops` names, and a
+    note when runs older than `train_flops_dense` count their `train_flops` instead."""
+    column = FLOPS_AXES[flops][0]
+    if f"{column}_mean" in table:
+        return table, None
+    values = runs[column] if column in runs else pd.Series(np.nan, index=runs.index)
+    missing = int(values.isna().sum())
+    note = (f"{missing} of {len(runs)} runs have no {column} (older runs): their train_flops "
+            "is plotted") if missing else None
+    grouped = runs.assign(**{column: values.fillna(runs["train_flops"])}).groupby(
+        keys, dropna=False, sort=True)[column]
+    table = table.assign(**{f"{column}_mean": grouped.mean().to_numpy(),
+                            f"{column}_std": grouped.std(ddof=1).fillna(0.0).to_numpy()})
+    return table, note
+
+
+def plot_acc_vs_flops(table: pd.DataFrame, keys: list[str], metric: str, path: Path,
+                      flops: str = "theoretical") -> Path:
+    """One labelled point per group at its mean training FLOPs (`flops`: theoretical
+    `train_flops` or executed `train_flops_dense`, log scale) and mean `metric`, with
+    error bars of one std over seeds, and the Pareto front."""
+    column, axis = FLOPS_AXES[flops]
+    x = table[f"{column}_mean"].to_numpy(float)
     acc = table[f"{metric}_mean"].to_numpy(float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(flops, acc, xerr=table["train_flops_std"], yerr=table[f"{metric}_std"],
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.errorbar(x, acc, xerr=table[f"{column}_std"], yerr=table[f"{metric}_std"],
                 fmt="o", capsize=3)
-    for row, x, y in zip(table.itertuples(index=False), flops, acc, strict=True):
-        ax.annotate(label_of(tuple(row[: len(keys)]), keys), (x, y), fontsize=7,
+    for row, xi, y in zip(table.itertuples(index=False), x, acc, strict=True):
+        ax.annotate(label_of(tuple(row[: len(keys)]), keys), (xi, y), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    front = pareto_front(flops, acc)
-    ax.step(flops[front], acc[front], where="post", color="tab:red", lw=1,
+    front = pareto_front(x, acc)
+    ax.step(x[front], acc[front], where="post", color="tab:red", lw=1,
             label="Pareto front")
-    ax.set(xscale="log", xlabel="training FLOPs", ylabel=metric.replace("_", " "),
-           title=f"{metric} vs training FLOPs (mean ± std over seeds)")
+    ax.set(xscale="log", xlabel=axis, ylabel=metric.replace("_", " "))
+    ax.set_title(f"{metric} vs training FLOPs ({flops}), mean ± std over seeds", fontsize=9)
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+    if x.max() < 100 * x.min():  # within two decades: 1-2-5 ticks, or hardly one is labelled
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=8)
     fig.tight_layout()
