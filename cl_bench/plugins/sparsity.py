@@ -158,7 +158,7 @@ class Sparsity(Plugin):
         t = self.step + 1
         optimizer = self.method.optimizer
         for name, layer in self.layers.items():
-            w, old = layer.weight, layer.mask.flatten()
+            w, old = layer.weight, layer.mask.flatten().bool()
             n = w.numel()
             if self.update == "sparcl":
                 keep_d, grow_d = self._sparcl_densities(self.targets[name])
