@@ -72,7 +72,8 @@ def main() -> None:
     if args.benchmark == "cifar100":
         extra.append(f"budget.epochs={args.epochs}")
     runs = [(name, seed) for name in names for seed in args.seeds]
-    specs = [([*proto[name], *extra, f"seed={seed}"], out / f"{name}_seed{seed}")
+    specs = [([*proto[name], *extra, f"seed={seed}", f"logger.group={name}"],
+              out / f"{name}_seed{seed}")
              for name, seed in runs]
     summaries = run_all(specs, args.jobs)
     results: dict[str, list[dict]] = {m: [] for m in names}
@@ -96,9 +97,10 @@ def main() -> None:
               f"{flops:.3e} | {statistics.mean(r['executed'] for r in rows):.3e} | "
               f"{ref_flops / flops:.1f}x | {statistics.mean(r['steps'] for r in rows):.0f} | "
               f"{statistics.mean(r['seconds'] for r in rows):.0f} s |")
-    subprocess.run([sys.executable, "-m", "cl_bench.report.compare", str(out), "--by",
-                    "method.name,plugins", "--format", "csv", "--plot", "--out", str(out)],
-                   check=False)
+    plot = subprocess.run([sys.executable, "-m", "cl_bench.report.compare", str(out),
+                           "--by", "logger.group", "--format", "csv", "--plot", "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    print(f"\n{out / 'acc_vs_flops.png'}" if plot.returncode == 0 else plot.stderr)
 
 
 if __name__ == "__main__":

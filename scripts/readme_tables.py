@@ -49,6 +49,7 @@ TABLES: dict[str, list[list[str]]] = {
                              "1000", "--repeats", "3", "--precision", "fp32", "auto")],
     "replay-mnist": [script("compare_replay.py", "mnist", "--jobs", "{jobs}")],
     "replay-cifar100": [script("compare_replay.py", "cifar100", "--jobs", "{jobs}")],
+    "sparse-mnist": [script("compare_sparse.py", "mnist", "--jobs", "{jobs}")],
     "regularisation-split": [script("regularisation_table.py", "--protocols", "split_task",
                                     "--jobs", "{jobs}")],
     "regularisation-permuted": [script("regularisation_table.py", "--protocols",

@@ -16,7 +16,7 @@ from cl_bench.report.load import read_acc_matrix, read_curves  # noqa: E402
 
 
 def label_of(values: tuple, keys: list[str]) -> str:
-    return ", ".join(f"{k}={v}" if k not in ("method", "benchmark") else str(v)
+    return ", ".join(f"{k}={v}" if k not in ("method", "benchmark", "logger.group") else str(v)
                      for k, v in zip(keys, values, strict=True))
 
 
