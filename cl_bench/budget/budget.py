@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,18 +48,50 @@ class Budget:
         return min(limits)
 
     def batches(
-        self, n_samples: int, generator: torch.Generator, device: torch.device | str = "cpu"
+        self,
+        n_samples: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        active: Callable[[int], torch.Tensor | None] | None = None,
+        version: Callable[[], int] | None = None,
     ) -> Iterator[torch.Tensor]:
-        total = self.steps_per_task(n_samples)
+        """Index batches of the task's `n_samples` training samples. `active(n)` (e.g.
+        `Method.active_samples`) is a bool mask of the samples still in training, or None
+        for all: each epoch is one pass over the active samples in a random order, so
+        removing samples under an epoch budget shortens the task; `iters` and the FLOP cap
+        still stop it. When `version()` changes between two batches the active set is asked
+        again and the rest of the epoch's order keeps only its active samples. Without
+        `active` (or while it answers None) the batches and random draws are those of a
+        plain per-epoch permutation."""
+        if self.steps_per_task(n_samples) == 0:
+            return
+        limit = self.iters if self.iters is not None else math.inf
         start_flops = self.counter.train_flops
-        step = 0
-        while step < total:
-            order = torch.randperm(n_samples, generator=generator).to(device)
-            for begin in range(0, n_samples, self.batch_size):
+        step = epoch = 0
+        while step < limit and (self.epochs is None or epoch < self.epochs):
+            mask = active(n_samples) if active is not None else None
+            if mask is None:
+                order = torch.randperm(n_samples, generator=generator).to(device)
+            else:
+                kept = mask.nonzero().squeeze(1)
+                order = kept[torch.randperm(len(kept), generator=generator).to(kept.device)]
+                order = order.to(device)
+            seen = version() if version is not None else 0
+            begin = yielded = 0
+            while begin < len(order):
+                if active is not None and version is not None and version() != seen:
+                    seen = version()
+                    order = order[begin:]
+                    mask = active(n_samples)
+                    if mask is not None:
+                        order = order[mask.to(order.device)[order]]
+                    begin = 0
+                    if not len(order):
+                        break
                 idx = order[begin : begin + self.batch_size]
                 if self.drop_last and len(idx) < self.batch_size:
                     break
-                if step >= total:
+                if step >= limit:
                     return
                 if (
                     self.flops_per_task is not None
@@ -67,6 +100,11 @@ class Budget:
                     return
                 yield idx
                 step += 1
+                yielded += 1
+                begin += self.batch_size
+            if not yielded:  # nothing left to train on (or only a dropped last batch)
+                return
+            epoch += 1
 
 
 @schema("budget", "budget")
