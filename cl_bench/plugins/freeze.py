@@ -45,6 +45,7 @@ class Freeze(Plugin):
         self.every = None if every is None else fraction(every, "plugins.freeze.every")
         self.frozen: list[nn.Parameter] = []  # the parameters this plugin froze
         self.n_frozen = self.step = 0
+        self.first: int | None = None  # step after which freezing starts
 
     def setup(self, method):
         super().setup(method)
@@ -62,10 +63,13 @@ class Freeze(Plugin):
         self._thaw()
         self.step = 0
         self.blocks = self._check(self.method.model)
-        self.first = at_step(self.start, self.method.task_steps)
-        self.gap = None if self.every is None else at_step(self.every, self.method.task_steps)
+        self.first = None  # the task's planned steps are known from its first step on
 
     def after_step(self, batch):
+        if self.first is None:
+            steps = self.method.task_steps
+            self.first = at_step(self.start, steps)
+            self.gap = None if self.every is None else at_step(self.every, steps)
         self.step += 1
         if self.step < self.first or self.n_frozen == self.n_blocks:
             return
