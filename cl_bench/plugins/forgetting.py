@@ -3,6 +3,8 @@ removal and data sieving."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from cl_bench.data.batch import Batch
@@ -29,12 +31,20 @@ class ForgettingEvents:
         self.last = torch.zeros(n, dtype=torch.bool, device=device)  # correct when last seen
         self.ever = torch.zeros_like(self.last)
         self.events = torch.zeros(n, dtype=torch.int64, device=device)
+        self.warned = False
 
     def record(self, method, batch: Batch) -> None:
         """Scores the step's training batch from its logits (`method.batch_logits`); a
-        batch without `sample` positions or logits is skipped."""
+        batch without `sample` positions or logits is skipped (once with a warning: a
+        method calling `self.model` directly, like iCaRL, gives no logits, and its samples
+        then all count as never correct)."""
         logits = method.batch_logits(batch)
         if logits is None or batch.sample is None:
+            if not self.warned:
+                warnings.warn(f"method={method.name} gave no logits of its training batch "
+                              "(Method.batch_logits); forgetting events are not recorded",
+                              stacklevel=2)
+                self.warned = True
             return
         correct = correctly_classified(method, batch, logits)
         s = batch.sample  # distinct positions: one epoch's permutation
