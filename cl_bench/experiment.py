@@ -424,12 +424,16 @@ class Run:
         every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
         method.begin_task(task)
         data = method.train_data(task)
-        self.console.start_task(task.id, len(parts.stream), parts.budget.steps_per_task(len(data)))
+        method.task_steps = parts.budget.steps_per_task(len(data))
+        self.console.start_task(task.id, len(parts.stream), method.task_steps)
         window = LossWindow(parts.device)
         t_task, eval_before = time.perf_counter(), state.eval_seconds
         t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
-        for idx in parts.budget.batches(len(data), batch_gen, parts.device, task=task.id):
-            window.add(method.observe(data[idx]))
+        for idx in parts.budget.batches(len(data), batch_gen, parts.device, task.id,
+                                        method.active_samples, method.active_version):
+            batch = data[idx]
+            batch.sample = idx
+            window.add(method.observe(batch))
             state.step += 1
             self.stops.check()
             if state.step % train_every == 0:
@@ -494,6 +498,7 @@ class Run:
             **counter.component_columns(),
         )
         self.summary.update(parts.memory.stats())
+        self.summary.update(parts.method.summary())
         log.info("completed: %s; train FLOPs %.4g", ", ".join(
             f"acc_{s} {self.summary[f'acc_{s}']:.4f}" for s in matrices), counter.train_flops)
         self.console.report(matrices, self.summary, self.run_dir)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,50 +134,82 @@ class Budget:
         return min(limits)
 
     def batches(
-        self, n_samples: int, generator: torch.Generator, device: torch.device | str = "cpu",
+        self,
+        n_samples: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
         task: int = 0,
+        active: Callable[[int], torch.Tensor | None] | None = None,
+        version: Callable[[], int] | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Index batches for task number `task` (its place in the stream)."""
-        if self.targets is not None:
-            yield from self._matched(n_samples, generator, device, task)
+        """Index batches of the `n_samples` training samples of task number `task` (its
+        place in the stream). `active(n)` (e.g. `Method.active_samples`) is a bool mask of
+        the samples still in training, or None for all: each epoch is one pass over the
+        active samples in a random order, so removing samples under an epoch budget
+        shortens the task; `iters`, the FLOP cap or the matched FLOPs still stop it. When
+        `version()` changes between two batches the active set is asked again and the rest
+        of the epoch's order keeps only its active samples. Without `active` (or while it
+        answers None) the batches and random draws are those of a plain per-epoch
+        permutation."""
+        if self.steps_per_task(n_samples) == 0:
             return
-        total = self.steps_per_task(n_samples)
-        start_flops = self.counter.train_flops
-        step = 0
-        while step < total:
-            for idx in self._epoch(n_samples, generator, device):
-                if step >= total:
+        matching = self.targets is not None
+        if matching:
+            target = self.targets[task]
+            limit, epochs = math.inf, None
+        else:
+            limit = self.iters if self.iters is not None else math.inf
+            epochs, start = self.epochs, self.counter.train_flops
+        step = epoch = 0
+        while step < limit and (epochs is None or epoch < epochs):
+            before, yielded = self.spent(), 0
+            for idx in self._epoch(n_samples, generator, device, active, version):
+                if step >= limit:
                     return
-                if (
-                    self.flops_per_task is not None
-                    and self.counter.train_flops - start_flops >= self.flops_per_task
-                ):
+                if matching and self.spent() >= target:
+                    return
+                if (not matching and self.flops_per_task is not None
+                        and self.counter.train_flops - start >= self.flops_per_task):
                     return
                 yield idx
                 step += 1
-
-    def _matched(self, n_samples, generator, device, task) -> Iterator[torch.Tensor]:
-        target = self.targets[task]
-        while self.spent() < target:
-            before = self.spent()
-            for idx in self._epoch(n_samples, generator, device):
-                if self.spent() >= target:
-                    return
-                yield idx
-            if self.spent() == before:  # would loop forever
+                yielded += 1
+            if not yielded:  # nothing left to train on (or only a dropped last batch)
+                return
+            if matching and self.spent() == before:  # would loop forever
                 raise ConfigError(
                     f"budget.match={self.match}: an epoch of task {task} spent no training "
                     "FLOPs, so the reference's cannot be reached by steps (the method trains "
                     "outside its steps, or budget.drop_last drops every batch); drop "
                     "budget.match for this run")
+            epoch += 1
 
-    def _epoch(self, n_samples, generator, device) -> Iterator[torch.Tensor]:
-        order = torch.randperm(n_samples, generator=generator).to(device)
-        for begin in range(0, n_samples, self.batch_size):
+    def _epoch(self, n_samples, generator, device, active, version) -> Iterator[torch.Tensor]:
+        """One pass over the active samples in a random order (see `batches`)."""
+        mask = active(n_samples) if active is not None else None
+        if mask is None:
+            order = torch.randperm(n_samples, generator=generator).to(device)
+        else:
+            kept = mask.nonzero().squeeze(1)
+            order = kept[torch.randperm(len(kept), generator=generator).to(kept.device)]
+            order = order.to(device)
+        seen = version() if version is not None else 0
+        begin = 0
+        while begin < len(order):
+            if active is not None and version is not None and version() != seen:
+                seen = version()
+                order = order[begin:]
+                mask = active(n_samples)
+                if mask is not None:
+                    order = order[mask.to(order.device)[order]]
+                begin = 0
+                if not len(order):
+                    return
             idx = order[begin : begin + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 return
             yield idx
+            begin += self.batch_size
 
 
 @schema("budget", "budget")

@@ -52,7 +52,14 @@ class Method(metaclass=_BuildAfterInit):
       `after_step(batch)` (memory updates, masks re-applied), `after_task(task)`,
       `resume_task(task)` (a task a resumed run had completed),
       `predict(x, task_ids=None)` (set `predict_needs_task_ids` to get task ids in task-IL).
-    The runner drives it through `begin_task`, `observe`, `end_task` and `skip_task`.
+    The runner drives it through `begin_task`, `observe`, `end_task` and `skip_task`, and
+    sets `task_steps`, the planned steps of the current task (`Budget.steps_per_task` of
+    its training data), after `train_data` and before the first step. The budget draws
+    batches from the samples `active_samples(n)` keeps (the plugins' masks ANDed; they may
+    shrink it during a task) and each training batch carries their positions in
+    `batch.sample`. By convention a method's first `self.forward` of a step starts with
+    the current batch (finetune, ER's `batch.cat(replayed)`, DER, DER++), so
+    `batch_logits(batch)` gives plugins that step's logits of the batch.
     A method declares the memory capabilities it needs in `memory_needs` (checked here),
     tags FLOPs with `self.flops(name)`, and may add auxiliary networks with their own
     optimiser (`add_auxiliary`), which the base steps with the model.
@@ -112,6 +119,8 @@ class Method(metaclass=_BuildAfterInit):
         self.old_mask = self.seen_mask.clone()  # classes of tasks before the current one
         self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
         self._last_forward: tuple | None = None  # (batch, inputs, logits) of this step
+        self._step_logits: torch.Tensor | None = None  # of the step's first forward
+        self.task_steps = 0  # planned steps of the current task (set by the runner)
         self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
 
     def add_auxiliary(self, name: str, module: nn.Module,
@@ -158,6 +167,7 @@ class Method(metaclass=_BuildAfterInit):
         optimizers = [self.optimizer, *self.aux_optimizers.values()]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        self._step_logits = None
         terms = self.loss(batch)
         for plugin in self.plugins:
             terms.update(plugin.loss(batch))
@@ -178,6 +188,7 @@ class Method(metaclass=_BuildAfterInit):
         self.after_step(batch)
         for plugin in self.plugins:
             plugin.after_step(batch)
+        self._step_logits = None
         return out
 
     def end_task(self, task: Task) -> None:
@@ -191,6 +202,20 @@ class Method(metaclass=_BuildAfterInit):
         self.resume_task(task)
         for plugin in self.plugins:
             plugin.resume_task(task)
+
+    def active_samples(self, n: int) -> torch.Tensor | None:
+        """Bool mask over the `n` samples of the task's training data that stay in
+        training (the plugins' masks ANDed), or None for all of them."""
+        masks = [m for m in (p.active_samples(n) for p in self.plugins) if m is not None]
+        return reduce(operator.and_, masks) if masks else None
+
+    def active_version(self) -> int:
+        """Changes whenever a plugin changed its active set (no host sync)."""
+        return sum(p.active_version for p in self.plugins)
+
+    def summary(self) -> dict:
+        """Numbers the plugins report for `summary.json`."""
+        return {k: v for p in self.plugins for k, v in p.summary().items()}
 
     def predict(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over all classes for a preprocessed batch (a plugin may replace them)."""
@@ -252,7 +277,16 @@ class Method(metaclass=_BuildAfterInit):
         inputs = self.preprocess(x, train=True)
         logits = self.model(inputs)
         self._last_forward = (x, inputs, logits)
+        if self._step_logits is None:
+            self._step_logits = logits.detach()
         return logits
+
+    def batch_logits(self, batch: Batch) -> torch.Tensor | None:
+        """The detached logits of this step's training batch from the step's first
+        forward (None before one ran); for plugins, in `loss` or `after_step`."""
+        if self._step_logits is None:
+            return None
+        return self._step_logits[: len(batch)]
 
     def forward_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(model inputs, logits) of training batch `x` for a plugin: the method's own

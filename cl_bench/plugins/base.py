@@ -25,6 +25,10 @@ class Plugin:
     for `before_task`; `loss` terms are added to the method's; `predict` and
     `classification_loss` replace the method's when they return a tensor.
 
+    `active_samples(n)` may shrink the task's active training set (a bool mask over its
+    `n` samples, or None for no opinion); a plugin that changes it bumps `active_version`
+    so the budget asks again. `summary()` adds numbers to the run's `summary.json`.
+
     `setup(method)` binds the plugin to its method before model surgery; `self.method`
     then gives the model, memory, class masks (`seen_mask`, `old_mask`) and FLOP counter.
     """
@@ -34,6 +38,7 @@ class Plugin:
     # constructor arguments that trade plasticity for stability, largest = most stable
     # (`clbench-tune` decays them; config keys `plugins.<name>.<knob>`)
     stability_knobs: tuple[str, ...] = ()
+    active_version = 0
 
     def setup(self, method) -> None:
         self.method = method
@@ -60,6 +65,14 @@ class Plugin:
 
     def resume_task(self, task: Task) -> None:
         """A task a resumed run had completed (weights already loaded)."""
+
+    def active_samples(self, n: int) -> torch.Tensor | None:
+        """Bool mask of the task's `n` training samples to keep training on, or None."""
+        return None
+
+    def summary(self) -> dict:
+        """Numbers for the run's summary."""
+        return {}
 
     def classification_loss(self, logits, y, task_ids) -> torch.Tensor | None:
         """Replaces the method's cross-entropy (logits already masked in task-IL)."""
