@@ -94,6 +94,7 @@ class ClbenchConf:
     memory: Any = MISSING
     optimizer: Any = MISSING
     budget: Any = MISSING
+    stream: Any = MISSING  # stream mode (cl_bench/data/modes.py)
     plugins: dict[str, Any] = field(default_factory=dict)  # plugin=[...] places them here
     tune: dict[str, Any] = field(default_factory=dict)  # clbench-tune's settings (cl_bench/tune.py)
     eval: EvalConf = MISSING

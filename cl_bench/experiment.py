@@ -33,6 +33,7 @@ from cl_bench.checkpoint import (
     set_rng_state,
 )
 from cl_bench.config import check_config
+from cl_bench.data.modes import blur, budget_overrides, check_stream, required_modes
 from cl_bench.data.stream import Task, TaskStream, carve_validation
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError, describe, user_error
@@ -184,17 +185,21 @@ def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
 def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None) -> Parts:
     """The stream (unless given: `clbench-tune` builds one per attempt over one stream),
     model (inside the method), memory, plugins, method, budget with its FLOP counter, and
-    evaluator of `cfg`, in an order that fixes their RNG draws."""
+    evaluator of `cfg`, in an order that fixes their RNG draws. The stream mode
+    (`cfg.stream`) blurs the tasks' training sets, sizes a single-pass budget and is
+    checked against what the method and plugins support."""
     if cfg.eval.every < 0:
         raise ValueError(f"eval.every must be >= 0 (0 turns continual evaluation off), "
                          f"got {cfg.eval.every}")
+    check_stream(cfg.stream)
     device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
     stream = stream if stream is not None else build_stream(cfg)
+    stream = blur(stream, cfg.stream.width, cfg.seed)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
     class_mask = stream.class_mask(device)
     model = instantiate_part(cfg.model, input_shape=stream.input_shape,
                    n_classes=stream.n_classes).to(device)
-    budget = instantiate_part(cfg.budget)
+    budget = instantiate_part(cfg.budget, **budget_overrides(cfg.stream, cfg.budget))
     budget.check_tasks(len(stream))
     memory = build_memory(cfg, device, run_dir)
     plugins = [instantiate_part(node, ()) for node in cfg.plugins.values()]
@@ -205,6 +210,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
         preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
         counter=budget.counter, plugins=plugins,
     )
+    method.check_stream(required_modes(cfg.stream), cfg.stream.name)
     method.output_dir = run_dir
     evaluator = Evaluator(stream, preprocess, class_mask, budget.counter, device,
                           probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
@@ -422,7 +428,11 @@ class Run:
     def _train_task(self, parts: Parts, task: Task, batch_gen: torch.Generator) -> None:
         cfg, state, method = self.cfg, self.state, parts.method
         every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
-        method.begin_task(task)
+        mode = cfg.stream
+        # batches may hold classes the announced task does not (or no task is announced)
+        see_labels = mode.width > 0 or not mode.boundaries
+        if mode.boundaries:
+            method.begin_task(task)
         data = method.train_data(task)
         method.task_steps = parts.budget.steps_per_task(len(data))
         self.console.start_task(task.id, len(parts.stream), method.task_steps)
@@ -433,8 +443,12 @@ class Run:
                                         method.active_samples, method.active_version):
             batch = data[idx]
             batch.sample = idx
+            if see_labels:
+                method.see_labels(batch.y)
             window.add(method.observe(batch))
             state.step += 1
+            if mode.consolidate_every and state.step % mode.consolidate_every == 0:
+                method.trigger_consolidation()
             self.stops.check()
             if state.step % train_every == 0:
                 self._flush_train(task.id, window, parts.counter, t_start)
@@ -447,7 +461,8 @@ class Run:
         if window.n:
             self._flush_train(task.id, window, parts.counter, t_start)
         self.console.end_task()
-        method.end_task(task)
+        if mode.boundaries:
+            method.end_task(task)
         state.train_seconds += (time.perf_counter() - t_task) - (state.eval_seconds - eval_before)
         result = self._evaluate(parts, parts.evaluator.full)
         self._log("log_acc_rows", self._acc_rows(result, {"train_task": task.id}))

@@ -7,11 +7,16 @@ import functools
 import hashlib
 import json
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 import cl_bench
+from cl_bench.data.modes import StreamConf
+
+# stream=task as shipped stays out of the stamp: ids of runs from before stream modes hold
+DEFAULT_STREAM = {f"stream.{k}": v for k, v in asdict(StreamConf()).items()}
 
 # keys that say where or how a run is written or shown, not what it computes
 NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger",
@@ -55,6 +60,8 @@ def run_id(cfg: DictConfig) -> str:
     logging excluded) and the code version."""
     stamp = {k: v for k, v in resolved_flat(cfg).items()
              if not any(k == p or k.startswith(p + ".") for p in NOT_IN_ID)}
+    if all(stamp.get(k) == v for k, v in DEFAULT_STREAM.items()):
+        stamp = {k: v for k, v in stamp.items() if k not in DEFAULT_STREAM}
     version = [cl_bench.__version__, git_commit()]
     digest = hashlib.sha1(json.dumps([stamp, version], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:12]

@@ -38,7 +38,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench import cli
 from cl_bench.cli import CONF_DIR
+from cl_bench.data.modes import is_default
 from cl_bench.data.stream import Task, TaskStream
+from cl_bench.errors import ConfigError
 from cl_bench.experiment import (
     Parts,
     Run,
@@ -230,6 +232,10 @@ class TuneRun(Run):
         if cfg.skip_done:
             raise ValueError("skip_done=true: clbench-tune neither skips nor resumes runs; "
                              "drop skip_done")
+        if not is_default(cfg.stream):
+            raise ConfigError(f"stream={cfg.stream.name}: clbench-tune trains task by task "
+                              "with the budget's epochs; drop stream= (or use stream=task as "
+                              "shipped)")
         self.settings = check_settings(cfg.tune)
         if not cfg.benchmark.get("val_fraction", 0.0):
             cfg.benchmark.val_fraction = self.settings.val_fraction

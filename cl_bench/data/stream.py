@@ -11,7 +11,8 @@ import torch
 class Task:
     """One task: uint8 images (N, C, H, W) and int64 labels, train and test split, and a
     validation split held out of the training data (`benchmark.val_fraction`; None
-    without one)."""
+    without one). `train_task` is the task id of each training sample where it differs
+    from `id` (blurry streams, `cl_bench.data.modes.blur`); None: all are `id`."""
 
     id: int
     classes: list[int]
@@ -21,13 +22,15 @@ class Task:
     test_y: torch.Tensor
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    train_task: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Task:
         return Task(
             self.id,
             self.classes,
             *(t if t is None else t.to(device) for t in (
-                self.train_x, self.train_y, self.test_x, self.test_y, self.val_x, self.val_y)),
+                self.train_x, self.train_y, self.test_x, self.test_y, self.val_x, self.val_y,
+                self.train_task)),
         )
 
 

@@ -17,6 +17,7 @@ from cl_bench.budget.flops import FlopCounter
 from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task
 from cl_bench.data.transforms import Preprocess
+from cl_bench.errors import ConfigError
 from cl_bench.memory.base import Memory
 from cl_bench.plugins.base import Plugin
 from cl_bench.schemas import schema
@@ -50,7 +51,8 @@ class Method(metaclass=_BuildAfterInit):
       `loss(batch) -> {term: tensor}` (summed; each term logged as `loss_<term>`),
       `after_backward(batch)` (between backward and step: projections, gradient masks),
       `after_step(batch)` (memory updates, masks re-applied), `after_task(task)`,
-      `resume_task(task)` (a task a resumed run had completed),
+      `resume_task(task)` (a task a resumed run had completed), `consolidate()` (every
+      `stream.consolidate_every` steps: the boundary-free stand-in for `after_task`),
       `predict(x, task_ids=None)` (set `predict_needs_task_ids` to get task ids in task-IL).
     The runner drives it through `begin_task`, `observe`, `end_task` and `skip_task`, and
     sets `task_steps`, the planned steps of the current task (`Budget.steps_per_task` of
@@ -60,12 +62,17 @@ class Method(metaclass=_BuildAfterInit):
     `batch.sample`. By convention a method's first `self.forward` of a step starts with
     the current batch (finetune, ER's `batch.cat(replayed)`, DER, DER++), so
     `batch_logits(batch)` gives plugins that step's logits of the batch.
+    A method declares the stream modes it runs in (`supported_streams`, see
+    `cl_bench.data.modes`): `task_free` only where `before_task`/`after_task` do nothing
+    it needs, since a task-free stream never calls them; there the runner tracks the
+    classes seen from the batches' labels (`see_labels`) instead.
     A method declares the memory capabilities it needs in `memory_needs` (checked here),
     tags FLOPs with `self.flops(name)`, and may add auxiliary networks with their own
     optimiser (`add_auxiliary`), which the base steps with the model.
     """
 
     supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
+    supported_streams: tuple[str, ...] = ("task", "online", "blurry")
     memory_needs: frozenset[str] = frozenset()
     memory_hint = "choose e.g. memory=reservoir memory.size=500"  # the fix, when it lacks them
     predict_needs_task_ids = False
@@ -159,6 +166,34 @@ class Method(metaclass=_BuildAfterInit):
         for plugin in self.plugins:
             plugin.before_task(task)
         self.before_task(task)
+
+    def see_labels(self, y: torch.Tensor) -> None:
+        """Adds the classes of a batch's labels to `seen_mask` (streams whose batches may
+        hold classes the announced task does not: task-free, blurry)."""
+        self.seen_mask[y] = True
+
+    def trigger_consolidation(self) -> None:
+        """A consolidation point of a boundary-free stream: the classes seen so far become
+        the old ones, then the method's and the plugins' `consolidate`."""
+        self.old_mask = self.seen_mask.clone()
+        self.consolidate()
+        for plugin in self.plugins:
+            plugin.consolidate()
+
+    def check_stream(self, modes: set[str], stream: str) -> None:
+        """Fails before training unless the method and every plugin support `modes` (see
+        `cl_bench.data.modes.required_modes`)."""
+        for part, name, supported in (
+                (f"method={self.name}", self.name, self.supported_streams),
+                *((f"plugin {type(p).__name__}", type(p).__name__, p.supported_streams)
+                  for p in self.plugins)):
+            missing = sorted(modes - set(supported))
+            if missing:
+                raise ConfigError(
+                    f"{part} does not support stream={stream} (needs {', '.join(missing)}): "
+                    f"{name} supports {', '.join(supported)}"
+                    + ("; its before_task/after_task do work a task-free stream never "
+                       "calls" if "task_free" in missing else ""))
 
     def observe(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimisation step: zero_grad -> loss terms -> backward -> after_backward ->
@@ -254,7 +289,9 @@ class Method(metaclass=_BuildAfterInit):
 
     def train_data(self, task: Task) -> Batch:
         """The samples the budget draws this task's batches from."""
-        return Batch(task.train_x, task.train_y, torch.full_like(task.train_y, task.id))
+        ids = task.train_task if task.train_task is not None else \
+            torch.full_like(task.train_y, task.id)
+        return Batch(task.train_x, task.train_y, ids)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ce": self.cross_entropy(self.forward(batch.x), batch.y, batch.task)}
@@ -270,6 +307,9 @@ class Method(metaclass=_BuildAfterInit):
 
     def resume_task(self, task: Task) -> None:
         """Rebuild per-task state the checkpoint does not hold."""
+
+    def consolidate(self) -> None:
+        """Every `stream.consolidate_every` steps (task-free consolidation)."""
 
     # -- helpers --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

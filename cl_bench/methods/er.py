@@ -20,6 +20,7 @@ class ER(Method):
     memory; the current batch then enters memory under the memory's policy."""
 
     memory_needs = frozenset({"add", "sample"})
+    supported_streams = ("task", "online", "task_free", "blurry")  # nothing at boundaries
 
     def __init__(self, replay_batch_size: int = 10, **kw):
         super().__init__(**kw)

@@ -12,6 +12,8 @@ class ERSS(ER):
     classes, so learning new classes does not push the old logits down."""
 
     supported_scenarios = ("class_il",)
+    # the current task is the batch's first sample's, and old classes are the earlier tasks'
+    supported_streams = ("task", "online")
 
     def loss(self, batch):
         current = self.class_mask[batch.task[0]]

@@ -17,6 +17,7 @@ class GCR(DERpp):
     of everything it represents."""
 
     memory_needs = frozenset({"add", "sample", "consolidate", "weights"})
+    supported_streams = ("task", "online", "blurry")  # its coreset is rebuilt in after_task
     memory_hint = "choose memory=coreset (weighted gradient coreset)"
 
     def loss(self, batch):

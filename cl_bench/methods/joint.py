@@ -9,6 +9,8 @@ class Joint(Method):
     """Trains task t on the union of the training sets of tasks 1..t (the usual upper
     bound of CL papers, e.g. the 'Joint' row of Buzzega et al., 2020)."""
 
+    supported_streams = ("task", "blurry")  # every step draws from earlier tasks' samples too
+
     def __init__(self, **kw):
         super().__init__(**kw)
         self._parts: list = []

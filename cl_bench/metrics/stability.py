@@ -18,6 +18,9 @@ tasks and transitions are numbered from 0. The values depend on `eval.every` and
   `iters_to_recover` count iterations from that last evaluation of task s to the minimum and
   to the first evaluation at or after it with A(j) >= 0.95 * pre (NaN: never, within task s+1).
   The gap of task j is its first transition (s = j), as in the design notes.
+* Anytime accuracy (online continual learning, e.g. Koh et al., ICLR 2022's A_AUC, with
+  every evaluation point weighted by its rows): the mean of A(j, t) over every evaluation t
+  and every task j seen by then, i.e. the mean of curves.csv's accuracy column.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def scenario_metrics(rows: Sequence[dict], scenario: str, windows=WINDOWS,
     mins = min_acc(train_task, acc)
     last = int(train_task[-1])
     wc = [acc[-1, last]] + [mins[j] for j in range(n) if j != last and not math.isnan(mins[j])]
-    m = {"min_acc": _mean(mins[:-1]), "wc_acc": float(np.mean(wc))}
+    m = {"min_acc": _mean(mins[:-1]), "wc_acc": float(np.mean(wc)),
+         "anytime_acc": float(np.nanmean(acc))}
     own = [np.flatnonzero(train_task == j) for j in range(n)]
     for w in windows:
         m[f"wf{w}"] = _mean([largest_change(acc[own[j][-1]:, j], w, rise=False)

@@ -35,6 +35,8 @@ class Plugin:
 
     method = None
     supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
+    # stream modes (cl_bench.data.modes): task_free only without before_task/after_task work
+    supported_streams: tuple[str, ...] = ("task", "online", "blurry")
     # constructor arguments that trade plasticity for stability, largest = most stable
     # (`clbench-tune` decays them; config keys `plugins.<name>.<knob>`)
     stability_knobs: tuple[str, ...] = ()
@@ -65,6 +67,9 @@ class Plugin:
 
     def resume_task(self, task: Task) -> None:
         """A task a resumed run had completed (weights already loaded)."""
+
+    def consolidate(self) -> None:
+        """Every `stream.consolidate_every` steps (task-free consolidation)."""
 
     def active_samples(self, n: int) -> torch.Tensor | None:
         """Bool mask of the task's `n` training samples to keep training on, or None."""

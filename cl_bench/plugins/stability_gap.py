@@ -93,6 +93,8 @@ class SoftTargets(Plugin):
     """SGM's dynamic soft targets (Harun & Kanan, TMLR 2024): (1 - w) one-hot + w times the
     model's own detached prediction over the classes seen so far."""
 
+    supported_streams = ("task", "online", "task_free", "blurry")
+
     def __init__(self, weight: float = 0.2):
         self.weight = weight
 
