@@ -33,7 +33,13 @@ from cl_bench.checkpoint import (
     set_rng_state,
 )
 from cl_bench.config import check_config
-from cl_bench.data.modes import blur, budget_overrides, check_stream, required_modes
+from cl_bench.data.modes import (
+    blur,
+    budget_overrides,
+    check_stream,
+    required_modes,
+    sees_labels,
+)
 from cl_bench.data.stream import Task, TaskStream, carve_validation
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError, describe, user_error
@@ -164,6 +170,7 @@ class Parts:
     budget: Budget
     counter: FlopCounter
     evaluator: Evaluator
+    stream_mode: DictConfig
 
 
 def instantiate_part(node: DictConfig, runner_keys: tuple[str, ...] = ("name",), **kwargs):
@@ -215,7 +222,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     evaluator = Evaluator(stream, preprocess, class_mask, budget.counter, device,
                           probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
                           seed=cfg.seed, precision=cfg.eval.precision)
-    return Parts(stream, device, method, memory, budget, budget.counter, evaluator)
+    return Parts(stream, device, method, memory, budget, budget.counter, evaluator, cfg.stream)
 
 
 @dataclass
@@ -235,11 +242,16 @@ class RunState:
     counter: dict = field(default_factory=dict)
     batch_rng: torch.Tensor | None = None
     rng: dict = field(default_factory=dict)
+    # the method's seen/old class masks where batches set them (`Method.see_labels`,
+    # consolidation): replaying the tasks' classes on resume would not rebuild them
+    class_masks: dict = field(default_factory=dict)
 
     def save(self, run_dir: Path, parts: Parts, batch_gen: torch.Generator) -> None:
         self.method = parts.method.state_dict()
         self.counter = parts.counter.state_dict()
         self.batch_rng, self.rng = batch_gen.get_state(), rng_state()
+        if sees_labels(parts.stream_mode):
+            self.class_masks = {"seen": parts.method.seen_mask, "old": parts.method.old_mask}
         save_checkpoint(run_dir, asdict(self))
         self.method = {}  # held only while saving
 
@@ -378,6 +390,9 @@ class Run:
             self.summary["resumed_after_task"] = state.task
             for task in parts.stream.tasks[: state.task + 1]:
                 parts.method.skip_task(task.to(parts.device))
+            if state.class_masks:
+                parts.method.seen_mask = state.class_masks["seen"].to(parts.device)
+                parts.method.old_mask = state.class_masks["old"].to(parts.device)
         else:
             state.rows = {s: [] for s in parts.stream.scenarios}
             state.random_init = self._evaluate(parts, parts.evaluator.full)
@@ -429,8 +444,7 @@ class Run:
         cfg, state, method = self.cfg, self.state, parts.method
         every, train_every = cfg.eval.every, max(1, cfg.logger.train_every)
         mode = cfg.stream
-        # batches may hold classes the announced task does not (or no task is announced)
-        see_labels = mode.width > 0 or not mode.boundaries
+        see_labels = sees_labels(mode)
         if mode.boundaries:
             method.begin_task(task)
         data = method.train_data(task)

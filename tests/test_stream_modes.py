@@ -17,7 +17,7 @@ from cl_bench.experiment import build_stream
 from cl_bench.identity import run_id
 from cl_bench.methods.base import Method
 from cl_bench.plugins.base import Plugin
-from conftest import clbench, compose_config, data_root
+from conftest import clbench, compose_config, data_root, interrupt_and_resume
 
 QUICK = ["eval.every=0", "deterministic=true"]
 
@@ -203,3 +203,16 @@ def test_anytime_accuracy_is_the_mean_of_the_curve_rows(run_job):
                                                             abs=1e-9)
     assert summary["anytime_acc_task_il"] == pytest.approx(curves["acc_task_il"].mean(),
                                                            abs=1e-9)
+
+
+def test_task_free_run_resumes_with_its_seen_classes(tmp_path, monkeypatch, spy):
+    summary, ref = interrupt_and_resume(
+        tmp_path, monkeypatch, Method,
+        ["stream=blurry", "stream.boundaries=false", "stream.consolidate_every=13",
+         "method=er", "memory=reservoir", "memory.size=50", "eval.every=0"], stop_at=70)
+    n = ref["steps"]
+    resumed = spy["seen"][n + 69:]  # after the reference and the interrupted run's steps
+    assert 0 < len(resumed) < n  # from the last checkpoint (a task end) on
+    for (seen, old), (seen_ref, old_ref) in zip(resumed, spy["seen"][n - len(resumed): n],
+                                                strict=True):
+        assert torch.equal(seen, seen_ref) and torch.equal(old, old_ref)

@@ -63,6 +63,12 @@ def required_modes(conf) -> set[str]:
     return {conf.name} | (set() if conf.boundaries else {"task_free"})
 
 
+def sees_labels(conf) -> bool:
+    """Whether the runner tracks the classes seen from the batches' labels: a batch may
+    hold classes the announced task does not (blurry), or no task is announced."""
+    return conf.width > 0 or not conf.boundaries
+
+
 def blur(stream: TaskStream, width: float, seed: int) -> TaskStream:
     """Blurry boundaries: at the boundary between tasks t and t+1, round(width/2 * n_t + 0.5) of
     task t's n_t training samples train in segment t+1 and round(width/2 * n_{t+1}) of task
