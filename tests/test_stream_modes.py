@@ -8,15 +8,19 @@ from collections import Counter, defaultdict
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from cl_bench.budget.budget import Budget
+from cl_bench.cli import CONF_DIR
 from cl_bench.data.modes import blur
 from cl_bench.data.stream import Task, TaskStream
+from cl_bench.errors import ConfigError
 from cl_bench.experiment import build_stream
 from cl_bench.identity import run_id
 from cl_bench.methods.base import Method
 from cl_bench.plugins.base import Plugin
+from cl_bench.tune import TuneRun
 from conftest import clbench, compose_config, data_root, interrupt_and_resume
 
 QUICK = ["eval.every=0", "deterministic=true"]
@@ -216,3 +220,10 @@ def test_task_free_run_resumes_with_its_seen_classes(tmp_path, monkeypatch, spy)
     for (seen, old), (seen_ref, old_ref) in zip(resumed, spy["seen"][n - len(resumed): n],
                                                 strict=True):
         assert torch.equal(seen, seen_ref) and torch.equal(old, old_ref)
+
+
+def test_tune_refuses_other_stream_modes(tmp_path):
+    with pytest.raises(ConfigError, match="stream=online: clbench-tune trains task by task"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("tune", overrides=[f"data.root={data_root()}", "stream=online"])
+        TuneRun(cfg, tmp_path)
