@@ -235,6 +235,7 @@ class RunState:
     rows: dict = field(default_factory=dict)  # scenario -> accuracy rows, one per task
     curves: list = field(default_factory=list)  # continual-evaluation rows
     random_init: dict = field(default_factory=dict)  # accuracy of the untrained model
+    task_flops: list = field(default_factory=list)  # [theoretical, executed] at each task end
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     test_seconds: float = 0.0
@@ -483,6 +484,7 @@ class Run:
         for s in parts.stream.scenarios:
             state.rows[s].append(result[s])
         state.task = task.id
+        state.task_flops.append([parts.counter.train_flops, parts.counter.train_flops_dense])
         scenario = self.summary["scenario"]
         log.info("task %d/%d: %d steps so far, %.1f s training; %s accuracy per task %s",
                  task.id + 1, len(parts.stream), state.step, state.train_seconds, scenario,
@@ -518,6 +520,7 @@ class Run:
         self.summary.update(
             train_flops=counter.train_flops,
             train_flops_dense=counter.train_flops_dense,
+            **_per_task(state.task_flops, state.task + 1),
             eval_flops=counter.eval_flops,
             memory_bytes=parts.memory.nbytes,
             steps=state.step,
@@ -531,6 +534,17 @@ class Run:
         log.info("completed: %s; train FLOPs %.4g", ", ".join(
             f"acc_{s} {self.summary[f'acc_{s}']:.4f}" for s in matrices), counter.train_flops)
         self.console.report(matrices, self.summary, self.run_dir)
+
+
+def _per_task(ends: list, n_tasks: int) -> dict:
+    """Training FLOPs of each task, theoretical and as executed, from the cumulative
+    counts at the task ends (none when a resumed run's checkpoint predates them)."""
+    if len(ends) != n_tasks:
+        return {}
+    starts = [[0, 0], *ends[:-1]]
+    return {"train_flops_per_task": [e[0] - b[0] for b, e in zip(starts, ends, strict=True)],
+            "train_flops_dense_per_task": [e[1] - b[1] for b, e in zip(starts, ends,
+                                                                       strict=True)]}
 
 
 class LossWindow:

@@ -190,3 +190,17 @@ def test_masks_survive_a_checkpoint():
         assert torch.equal(other.layers[name].mask, layer.mask)
         assert other.layers[name].nnz == layer.nnz
     assert other.step == 5
+
+
+def test_rigl_er_by_config_reports_per_task_flops_both_ways(run_job):
+    summary, run_dir = run_job(
+        "benchmark=split_mnist", "method=er", "plugin=[sparsity]", "plugins.sparsity.update=rigl",
+        "plugins.sparsity.delta_t=10", "budget.epochs=null", "budget.iters=30", "eval.every=0")
+    assert summary["status"] == "completed"
+    assert sum(summary["train_flops_per_task"]) == summary["train_flops"]
+    assert sum(summary["train_flops_dense_per_task"]) == summary["train_flops_dense"]
+    ratio = summary["train_flops"] / summary["train_flops_dense"]
+    # 2 update steps of 30 per task, every layer at density 0.1 (RigL's formula, MLP 2x400)
+    assert 0.1 < ratio < 0.16
+    assert summary["sparsity_density"] == pytest.approx(0.1, abs=1e-4)
+    assert summary["overhead_flops_mask_update"] > 0

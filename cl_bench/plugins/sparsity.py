@@ -204,6 +204,11 @@ class Sparsity(Plugin):
         """Live weights per masked layer."""
         return {name: layer.nnz for name, layer in self.layers.items()}
 
+    def summary(self):
+        live = sum(layer.nnz for layer in self.layers.values())
+        total = sum(layer.weight.numel() for layer in self.layers.values())
+        return {"sparsity_density": live / total, "sparsity_nonzeros": live}
+
     def state_dict(self):
         return {"step": self.step}  # the masks are model buffers
 
