@@ -7,7 +7,9 @@ softmax classifier on split MNIST class-IL: the paper's protocol (Adam lr 1e-4, 
 Rows: `ebm` (boundary-aware: negatives from the current task, `experiment=ebm_split_mnist`),
 `ebm_task_free` (boundary-agnostic: negatives from the batch, the reference's second gated
 layer, `stream=task_free`), `softmax` (`method=finetune` on the 784-400-400-10 MLP of
-`experiment=three_scenarios_split` at lr 1e-4, the reference's `sbc` baseline). Runs
+`experiment=three_scenarios_split` at lr 1e-4, the reference's `sbc` baseline), and with
+replay of 128 samples per step from a class-balanced memory of 1000 (the reference's
+budget): `ebm_replay` (current 1/t, replayed 1 - 1/t) and `softmax_er` (`method=er`). Runs
 completed under `--out` are reused; per-run numbers go to `--out`/results.json.
 """
 
@@ -20,11 +22,15 @@ from pathlib import Path
 
 from _pool import mean_sd, run_all
 
+REPLAY = ["method.replay_batch_size=128", "memory=class_balanced", "memory.size=1000"]
 ROWS = {
     "ebm": ["experiment=ebm_split_mnist"],
     "ebm_task_free": ["experiment=ebm_split_mnist", "stream=task_free",
                       "method.negatives=batch", "model.layers=2"],
     "softmax": ["experiment=three_scenarios_split", "method=finetune", "optimizer.lr=0.0001"],
+    "ebm_replay": ["experiment=ebm_split_mnist", *REPLAY],
+    "softmax_er": ["experiment=three_scenarios_split", "method=er", "optimizer.lr=0.0001",
+                   *REPLAY],
 }
 
 
