@@ -14,6 +14,7 @@ from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError
 from cl_bench.memory.base import Memory
+from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.ebm import EBM
 from cl_bench.models.ebm import EBMMLP
 from conftest import needs_mnist
@@ -33,12 +34,13 @@ def energy_by_hand(model, x, label):
     return h @ model.energy.weight[0] + model.energy.bias[0]
 
 
-def build(negatives="task", layers=1):
+def build(negatives="task", layers=1, memory=None, **options):
     torch.manual_seed(0)
-    return EBM(model=EBMMLP((1, 4, 4), 6, hidden=8, layers=layers), memory=Memory(),
+    return EBM(model=EBMMLP((1, 4, 4), 6, hidden=8, layers=layers),
+               memory=memory if memory is not None else Memory(),
                optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
                preprocess=Preprocess((0.5,), (0.3,), "cpu"), class_mask=CLASS_MASK,
-               scenario="class_il", negatives=negatives)
+               scenario="class_il", negatives=negatives, **options)
 
 
 def batch(y):
@@ -138,6 +140,53 @@ def test_predict_is_minus_the_energy_over_the_seen_classes():
     logits = method.predict(x)
     torch.testing.assert_close(logits[:, :3], -method.model(x)[:, :3])
     assert torch.isneginf(logits[:, 3:]).all()
+
+
+def replaying(**options):
+    """An ebm replaying 4 samples a step that trained on task 0 and begins task 1."""
+    method = build(memory=Reservoir(size=50), replay_batch_size=4, **options)
+    method.begin_task(SimpleNamespace(id=0))
+    for _ in range(3):
+        method.observe(batch(torch.randint(0, 3, (8,))))
+    method.begin_task(SimpleNamespace(id=1))
+    return method
+
+
+def test_replay_weighs_the_current_batch_one_over_t_and_the_replayed_the_rest(monkeypatch):
+    method = replaying()
+    drawn = spied_negatives(method, monkeypatch)
+    terms = method.loss(batch(torch.randint(3, 6, (8,))))
+    [(y, neg)] = drawn
+    assert len(y) == 12 and (y[8:] < 3).all()  # 8 current, then 4 replayed of task 0
+    # per-sample losses 0..11: current first, then replayed
+    monkeypatch.setattr(method, "pair_nll", lambda x, y: torch.arange(12.0))
+    terms = method.loss(batch(torch.randint(3, 6, (8,))))
+    torch.testing.assert_close(terms["ebm"], torch.tensor(3.5 / 2))  # mean(0..7) / t, t = 2
+    torch.testing.assert_close(terms["replay"], torch.tensor(9.5 * (1 - 1 / 2)))
+    method.replay_weight = "mean"
+    terms = method.loss(batch(torch.randint(3, 6, (8,))))
+    assert list(terms) == ["ebm"]
+    torch.testing.assert_close(terms["ebm"], torch.tensor(5.5))  # mean(0..11)
+
+
+def test_replay_draws_task_negatives_from_every_class_seen(monkeypatch):
+    method = replaying()
+    drawn = spied_negatives(method, monkeypatch)
+    for _ in range(20):
+        method.observe(batch(torch.randint(3, 6, (8,))))
+    negs = torch.cat([neg for _, neg in drawn])
+    assert (negs != torch.cat([y for y, _ in drawn])).all()
+    assert set(negs.tolist()) == set(range(6))
+
+
+def test_replay_needs_a_memory_and_boundaries_for_its_task_weights():
+    with pytest.raises(ValueError, match="memory=class_balanced"):
+        build(replay_batch_size=4)
+    method = build("batch", memory=Reservoir(size=50), replay_batch_size=4)
+    with pytest.raises(ConfigError, match="replay_weight=mean"):
+        method.check_stream({"task_free"}, "task_free")
+    method.replay_weight = "mean"
+    method.check_stream({"task_free"}, "task_free")
 
 
 @needs_mnist
