@@ -165,6 +165,12 @@ def test_sparcl_task_aware_masking_swings_density_by_grow_delta():
     assert sparsity.nonzeros()["head"] == round(0.25 * n)
 
 
+def test_task_fractions_need_planned_steps():
+    method = mlp_method(Sparsity(update="sparcl", delta_frac=0.1), steps=None)
+    with pytest.raises(ValueError, match="plugins.sparsity.delta_frac.*budget.match"):
+        steps(method, 1)
+
+
 def test_gradient_mask_applies_keep_of_the_live_gradients_and_counts_them():
     sparsity = Sparsity(density=0.5)
     method = mlp_method(sparsity, GradientMask(keep=0.5, refresh=3), steps=10)
@@ -204,3 +210,13 @@ def test_rigl_er_by_config_reports_per_task_flops_both_ways(run_job):
     assert 0.1 < ratio < 0.16
     assert summary["sparsity_density"] == pytest.approx(0.1, abs=1e-4)
     assert summary["overhead_flops_mask_update"] > 0
+
+
+def test_sparcl_preset_runs_by_config_at_its_density(run_job):
+    summary, _ = run_job("experiment=seq_mnist_derpp", "method=sparcl", "budget.epochs=null",
+                         "budget.iters=40", "eval.every=0")
+    assert summary["status"] == "completed"
+    # TDM ends each task's last phase at the target density; the head stays dense
+    assert summary["sparsity_density"] == pytest.approx(0.1, abs=2e-3)
+    assert summary["train_flops"] < summary["train_flops_dense"] / 5
+    assert summary["data_removed"] > 0

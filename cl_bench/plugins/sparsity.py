@@ -94,10 +94,17 @@ class Sparsity(Plugin):
     def _task_steps(self) -> int | None:
         return getattr(self.method, "task_steps", None)
 
-    def _interval(self) -> int:
+    def _planned_steps(self, key: str) -> int:
         steps = self._task_steps()
-        if self.delta_frac is not None and steps:
-            return max(1, round(self.delta_frac * steps))
+        if not steps:
+            raise ValueError(f"plugins.sparsity.{key} is a fraction of a task's planned steps, "
+                             "and this task has none (budget.match): set budget.epochs or "
+                             "budget.iters, or use plugins.sparsity.delta_t")
+        return steps
+
+    def _interval(self) -> int:
+        if self.delta_frac is not None:
+            return max(1, round(self.delta_frac * self._planned_steps("delta_frac")))
         return self.delta_t
 
     def drop_fraction_at(self, t: int) -> float:
@@ -127,8 +134,10 @@ class Sparsity(Plugin):
 
     # -- phases ---------------------------------------------------------------------------
     def before_task(self, task):
-        self.step = 0
-        self._arm()
+        self.step = 0  # armed at the first step, once the runner has set the task's steps
+        self._updating = False
+        for layer in self.layers.values():
+            layer.dense_grad = False
 
     @torch.no_grad()
     def after_backward(self, batch):
@@ -191,8 +200,7 @@ class Sparsity(Plugin):
             self.method.counter.add_overhead(4 * n, "mask_update")
 
     def _sparcl_densities(self, d: float) -> tuple[float, float]:
-        steps = self._task_steps() or 1
-        frac = self.step / steps
+        frac = self.step / self._planned_steps("phases")
         if frac < self.phases[0]:
             return d, min(1.0, d + self.grow_delta)
         if frac < self.phases[1]:
