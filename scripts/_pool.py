@@ -42,6 +42,20 @@ def run_all(specs: list[tuple[list[str], Path]], jobs: int = 1) -> list[dict]:
         return list(pool.map(run_one, *zip(*specs, strict=True)))
 
 
+def run_rows(rows: dict[str, list[str]], extra: list[str], seeds: list[int], out: Path,
+             jobs: int = 1) -> dict[str, list[tuple[int, dict]]]:
+    """(seed, summary) of every row x seed: the row's overrides plus `extra`, `seed=` and
+    `logger.group=<row>` (the group `clbench-compare --by logger.group` labels), run in
+    `out/<row>_seed<seed>`."""
+    runs = [(name, seed) for name in rows for seed in seeds]
+    specs = [([*rows[name], *extra, f"seed={seed}", f"logger.group={name}"],
+              out / f"{name}_seed{seed}") for name, seed in runs]
+    found: dict[str, list[tuple[int, dict]]] = {name: [] for name in rows}
+    for (name, seed), summary in zip(runs, run_all(specs, jobs), strict=True):
+        found[name].append((seed, summary))
+    return found
+
+
 def mean_sd(values: list[float]) -> str:
     """`mean ± std (per seed)` of a table cell."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0

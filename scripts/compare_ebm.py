@@ -20,7 +20,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _pool import mean_sd, run_all
+from _pool import mean_sd, run_rows
 
 REPLAY = ["method.replay_batch_size=128", "memory=class_balanced", "memory.size=1000"]
 ROWS = {
@@ -42,14 +42,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/compare_ebm"))
     args = ap.parse_args()
     extra = ["eval.every=0", "logger.console=false", f"budget.iters={args.iters}"]
-    runs = [(name, seed) for name in ROWS for seed in args.seeds]
-    specs = [([*ROWS[name], *extra, f"seed={seed}", f"logger.group={name}"],
-              args.out / f"{name}_seed{seed}") for name, seed in runs]
-    summaries = run_all(specs, args.jobs)
-    results: dict[str, list[dict]] = {name: [] for name in ROWS}
-    for (name, seed), s in zip(runs, summaries, strict=True):
-        results[name].append({"seed": seed, "acc": s["acc_class_il"], "train": s["train_flops"],
-                              "seconds": s["train_seconds"]})
+    found = run_rows(ROWS, extra, args.seeds, args.out, args.jobs)
+    results = {name: [{"seed": seed, "acc": s["acc_class_il"], "train": s["train_flops"],
+                       "seconds": s["train_seconds"]} for seed, s in runs]
+               for name, runs in found.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"split MNIST class-IL, {args.iters} iterations per task, seeds {args.seeds}\n")

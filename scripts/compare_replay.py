@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _pool import mean_sd, run_all
+from _pool import mean_sd, run_rows
 
 RULES = ("uniform", "cumulative_weights", "total_weights")
 PROTOCOLS = {
@@ -71,16 +71,12 @@ def main() -> None:
         extra.append(f"protocol={args.protocol}")
     if args.iters:
         extra.append(f"budget.iters={args.iters}")
-    runs = [(name, seed) for name in methods for seed in args.seeds]
-    specs = [([*proto["methods"][name], *extra, f"seed={seed}"], out / f"{name}_seed{seed}")
-             for name, seed in runs]
-    summaries = run_all(specs, args.jobs)
-    results: dict[str, list[dict]] = {m: [] for m in methods}
-    for (name, seed), s in zip(runs, summaries, strict=True):
-        results[name].append({"seed": seed, "acc": s["acc_class_il"],
-                              "acc_task": s.get("acc_task_il"),
-                              "replay": s.get("flops_replay", 0), "train": s["train_flops"],
-                              "seconds": s["train_seconds"]})
+    found = run_rows({name: proto["methods"][name] for name in methods}, extra, args.seeds,
+                     out, args.jobs)
+    results = {name: [{"seed": seed, "acc": s["acc_class_il"], "acc_task": s.get("acc_task_il"),
+                       "replay": s.get("flops_replay", 0), "train": s["train_flops"],
+                       "seconds": s["train_seconds"]} for seed, s in runs]
+               for name, runs in found.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     ref_name = proto["reference"]

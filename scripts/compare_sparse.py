@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _pool import mean_sd, run_all
+from _pool import mean_sd, run_rows
 
 SPARSE = ["plugins.sparsity.density=0.1"]
 RIGL = ["plugin=[sparsity]", "plugins.sparsity.update=rigl", *SPARSE]
@@ -71,16 +71,11 @@ def main() -> None:
     extra = ["eval.every=0", "logger.console=false"]
     if args.benchmark == "cifar100":
         extra.append(f"budget.epochs={args.epochs}")
-    runs = [(name, seed) for name in names for seed in args.seeds]
-    specs = [([*proto[name], *extra, f"seed={seed}", f"logger.group={name}"],
-              out / f"{name}_seed{seed}")
-             for name, seed in runs]
-    summaries = run_all(specs, args.jobs)
-    results: dict[str, list[dict]] = {m: [] for m in names}
-    for (name, seed), s in zip(runs, summaries, strict=True):
-        results[name].append({"seed": seed, "acc": s["acc_class_il"],
-                              "train": s["train_flops"], "executed": s["train_flops_dense"],
-                              "steps": s["steps"], "seconds": s["train_seconds"]})
+    found = run_rows({name: proto[name] for name in names}, extra, args.seeds, out, args.jobs)
+    results = {name: [{"seed": seed, "acc": s["acc_class_il"], "train": s["train_flops"],
+                       "executed": s["train_flops_dense"], "steps": s["steps"],
+                       "seconds": s["train_seconds"]} for seed, s in runs]
+               for name, runs in found.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     ref = results.get("derpp")

@@ -27,11 +27,9 @@ class DER(ER):
     def __init__(self, alpha: float = 0.3, **kw):
         super().__init__(**kw)
         self.alpha = alpha
-        self._logits = None
 
     def loss(self, batch):
         logits = self.forward(batch.x)
-        self._logits = logits.detach()
         terms = {"ce": self.cross_entropy(logits, batch.y, batch.task)}
         if len(self.memory):
             replayed = self.replay(self.replay_batch_size, "logits")
@@ -42,4 +40,4 @@ class DER(ER):
         return terms
 
     def after_step(self, batch):
-        self.memory.add(Batch(batch.x, batch.y, batch.task, {"logits": self._logits}))
+        self.memory.add(Batch(batch.x, batch.y, batch.task, {"logits": self.batch_logits(batch)}))

@@ -22,7 +22,6 @@ class GCR(DERpp):
 
     def loss(self, batch):
         logits = self.forward(batch.x)
-        self._logits = logits.detach()
         terms = {"ce": self.cross_entropy(logits, batch.y, batch.task)}
         if len(self.memory):
             replayed = self.replay(self.replay_batch_size, "logits", "weight")

@@ -42,10 +42,6 @@ class Masked:
     def apply_mask(self) -> None:
         self.weight.mul_(self.mask)
 
-    @property
-    def density(self) -> float:
-        return self.nnz / self.weight.numel()
-
     def grad_nnz(self) -> int:
         """Weight-gradient entries this step computes (theoretically)."""
         if self.dense_grad:
