@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 
+from cl_bench.budget.flops import FlopCounter
 from cl_bench.data.batch import Batch
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError
 from cl_bench.memory.base import Memory
 from cl_bench.memory.reservoir import Reservoir
 from cl_bench.methods.ebm import EBM
-from cl_bench.models.ebm import EBMMLP
+from cl_bench.models.ebm import EBMMLP, EBMGated
 from conftest import needs_mnist
 
 # two tasks of three classes each
@@ -31,6 +32,14 @@ def energy_by_hand(model, x, label):
     if model.fc2 is not None:
         h = h @ model.fc2.weight.T + model.fc2.bias
         h = torch.relu(h + h * gate)
+    return h @ model.energy.weight[0] + model.energy.bias[0]
+
+
+def gated_energy_by_hand(model, x, label):
+    """E(x, y) of the gated CIFAR-100 network, one sample and one label."""
+    h = x.flatten()
+    for i, fc in enumerate(model.fcs):
+        h = torch.relu((h @ fc.weight.T + fc.bias) * getattr(model, f"gate{i}")[label])
     return h @ model.energy.weight[0] + model.energy.bias[0]
 
 
@@ -62,6 +71,58 @@ def test_batched_energies_equal_a_loop_over_labels(layers):
                                       for c in range(6)]) for b in range(5)])
     torch.testing.assert_close(model(x), every)  # no labels: every class
     torch.testing.assert_close(model(x, torch.tensor([4, 1])), every[:, [4, 1]])
+
+
+def test_evaluation_energies_are_one_product_and_counted():
+    """Without gradients, labels shared by the batch take the factored path
+    (1 + g) * ReLU(h): same energies as the loop, FLOPs of fc1 plus one [B,H]x[H,K]."""
+    torch.manual_seed(0)
+    model = EBMMLP((1, 4, 4), 6, hidden=8)
+    x = torch.randn(5, 1, 4, 4)
+    labels = torch.tensor([5, 0, 3])
+    loop = torch.stack([torch.stack([energy_by_hand(model, x[b], k) for k in labels])
+                        for b in range(5)])
+    counter = FlopCounter().attach(model)
+    with torch.no_grad(), counter.evaluating():
+        fast = model(x, labels)
+    torch.testing.assert_close(fast, loop)
+    torch.testing.assert_close(model(x, labels), loop)  # the broadcast path, with gradients
+    assert counter.eval_flops == 2 * 5 * 16 * 8 + 2 * 5 * 3 * 8
+
+
+def test_gated_network_energies_equal_a_loop_and_its_gates_stay_fixed():
+    torch.manual_seed(0)
+    model = EBMGated((4, 2, 2), 6, hidden=[16, 12], mask_prob=0.75)
+    x = torch.randn(5, 4, 2, 2)
+    labels = torch.randint(0, 6, (5, 3))
+    loop = torch.stack([torch.stack([gated_energy_by_hand(model, x[b], labels[b, k])
+                                     for k in range(3)]) for b in range(5)])
+    torch.testing.assert_close(model(x, labels), loop)
+    torch.testing.assert_close(model(x)[:, [4, 1]], model(x, torch.tensor([4, 1])))
+    gates = [model.gate0.clone(), model.gate1.clone()]
+    ebm = EBM(model=model, memory=Memory(), optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+              preprocess=Preprocess((0.5,) * 4, (0.3,) * 4, "cpu"), class_mask=CLASS_MASK,
+              scenario="class_il")
+    assert [n for n, p in ebm.model.named_parameters() if "gate" in n] == []
+    ebm.begin_task(SimpleNamespace(id=0))
+    w0 = model.fcs[1].weight.clone()
+    for _ in range(3):
+        ebm.observe(Batch(torch.randint(0, 256, (8, 4, 2, 2), dtype=torch.uint8),
+                          torch.randint(0, 3, (8,)), torch.zeros(8, dtype=torch.long)))
+    assert not torch.equal(model.fcs[1].weight, w0)  # it trained ...
+    assert torch.equal(model.gate0, gates[0]) and torch.equal(model.gate1, gates[1])  # not these
+    assert set(model.state_dict()) >= {"gate0", "gate1"}  # checkpointed with the weights
+
+
+def test_gated_network_keeps_one_minus_mask_prob_of_the_units_per_class():
+    torch.manual_seed(0)
+    model = EBMGated((8,), 100, hidden=[2000, 2000])
+    kept = model.gate1.mean(1)  # per class: fraction of units on
+    assert abs(model.gate0.mean().item() - 0.15) < 0.005 and abs(kept.mean().item() - 0.15) < 0.005
+    assert kept.min() > 0.11 and kept.max() < 0.19  # binomial(2000, 0.15): sd 0.008
+    assert not torch.equal(model.gate0[0], model.gate0[1])
+    with pytest.raises(ValueError, match="model.mask_prob=1"):
+        EBMGated((8,), 10, mask_prob=1)
 
 
 def test_loss_is_the_nll_over_the_positive_and_negative_pair(monkeypatch):

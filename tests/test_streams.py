@@ -75,6 +75,23 @@ def test_permuted_mnist_is_domain_il_with_distinct_permutations():
     assert not torch.equal(img0, img1)
 
 
+@needs_mnist
+def test_permuted_mnist_per_task_labels_give_disjoint_classes():
+    stream = permuted_stream(name="p", dataset="mnist", n_tasks=3, labels="per_task",
+                             root=data_root())
+    assert stream.scenarios == ("class_il", "task_il") and stream.n_classes == 30
+    shared = permuted_stream(name="p", dataset="mnist", n_tasks=3, root=data_root())
+    for t, (task, base) in enumerate(zip(stream, shared, strict=True)):
+        assert task.classes == list(range(10 * t, 10 * t + 10))
+        assert torch.equal(task.train_y, base.train_y + 10 * t)
+        assert torch.equal(task.test_y, base.test_y + 10 * t)
+        assert torch.equal(task.train_x, base.train_x)
+    mask = stream.class_mask()
+    assert mask.sum(1).tolist() == [10, 10, 10] and (mask.sum(0) == 1).all()
+    with pytest.raises(ValueError, match="benchmark.labels='split'"):
+        permuted_stream(name="p", dataset="mnist", n_tasks=3, labels="split", root=data_root())
+
+
 def _write_npz(folder, n_classes, shape, n_per_class=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

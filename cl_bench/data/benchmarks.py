@@ -91,12 +91,20 @@ def permuted_stream(
     n_tasks: int,
     permute_first: bool = True,
     permutation_seed: int = 0,
+    labels: str = "shared",
     root: str | Path | None = None,
     download: bool = False,
 ) -> TaskStream:
-    """Each task is the whole dataset under its own fixed pixel permutation (domain-IL)."""
+    """Each task is the whole dataset under its own fixed pixel permutation. `labels=shared`:
+    every task uses the dataset's classes (domain-IL); `per_task`: task t's classes are
+    shifted by t x classes, so the stream has n_tasks x classes (the class-IL and task-IL
+    permuted MNIST of van de Ven et al., 2019, and of the EBM paper)."""
+    if labels not in ("shared", "per_task"):
+        raise ValueError(f"benchmark.labels={labels!r}: choose 'shared' (domain-IL) or "
+                         "'per_task' (class-IL / task-IL)")
     data = load_dataset(dataset, root, download)
     n_classes = int(data.train_y.max()) + 1
+    per_task = labels == "per_task"
     shape = tuple(data.train_x.shape[1:])
     n_pixels = data.train_x[0].numel()
     gen = torch.Generator().manual_seed(permutation_seed)
@@ -105,19 +113,21 @@ def permuted_stream(
         perm = torch.randperm(n_pixels, generator=gen)
         if t == 0 and not permute_first:
             perm = torch.arange(n_pixels)
+        shift = t * n_classes if per_task else 0
         tasks.append(
-            Task(t, list(range(n_classes)), _permute(data.train_x, perm), data.train_y,
-                 _permute(data.test_x, perm), data.test_y)
+            Task(t, list(range(shift, shift + n_classes)), _permute(data.train_x, perm),
+                 data.train_y + shift, _permute(data.test_x, perm), data.test_y + shift)
         )
+    total = n_tasks * n_classes if per_task else n_classes
     return TaskStream(
         name=name,
         tasks=tasks,
-        n_classes=n_classes,
+        n_classes=total,
         input_shape=shape,
-        scenarios=("domain_il",),
+        scenarios=("class_il", "task_il") if per_task else ("domain_il",),
         mean=data.info.mean,
         std=data.info.std,
-        class_order=list(range(n_classes)),
+        class_order=list(range(total)),
     )
 
 
@@ -150,6 +160,7 @@ class PermutedBenchmarkConf:
     n_tasks: int = 10
     permute_first: bool = True
     permutation_seed: int = 0
+    labels: str = "shared"  # shared: domain-IL | per_task: n_tasks x classes (class-/task-IL)
     scenario: Scenario = Scenario.domain_il
     augment: str = "none"
     val_fraction: float = 0.0  # of each task's training data held out for validation

@@ -9,7 +9,7 @@ import torch
 
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method, MethodConf
-from cl_bench.models.ebm import EBMMLP
+from cl_bench.models.ebm import EBMMLP, EBMGated
 from cl_bench.schemas import schema
 
 NEGATIVES = ("task", "batch")
@@ -26,7 +26,8 @@ class EBMConf(MethodConf):
 
 class EBM(Method):
     """The energy-based classifier of Li et al. (CoLLAs 2022) on a label-conditioned
-    energy network (`model=ebm_mlp`, `model(x, labels)` -> energies).
+    energy network (`model=ebm_mlp`, or `model=ebm_gated` on CIFAR-100 features;
+    `model(x, labels)` -> energies).
 
     Each sample's positive label y is paired with one negative y- drawn uniformly from the
     current classes other than y: with `negatives=task` (boundary-aware) the current
@@ -50,8 +51,9 @@ class EBM(Method):
 
     def __init__(self, negatives: str = "task", replay_batch_size: int = 0,
                  replay_weight: str = "task", **kw):
-        if not isinstance(kw["model"], EBMMLP):
-            raise ConfigError("method=ebm needs an energy network: model=ebm_mlp, got "
+        if not isinstance(kw["model"], EBMMLP | EBMGated):
+            raise ConfigError("method=ebm needs an energy network: model=ebm_mlp or "
+                              "model=ebm_gated, got "
                               f"{type(kw['model']).__name__}")
         if negatives not in NEGATIVES:
             raise ValueError(f"method.negatives={negatives!r}: choose one of {NEGATIVES}")
@@ -130,4 +132,8 @@ class EBM(Method):
             self.memory.add(batch)
 
     def predict(self, x, task_ids=None):
-        return (-self.model(x)).masked_fill(~self.seen_mask, float("-inf"))
+        """Energies of the seen classes only (their cost grows with the labels scored)."""
+        seen = self.seen_mask.nonzero().squeeze(1)
+        out = torch.full((len(x), len(self.seen_mask)), float("-inf"), device=x.device)
+        out[:, seen] = -self.model(x, seen).to(out.dtype)
+        return out
