@@ -171,3 +171,16 @@ def test_resume_keeps_the_relation_net(tmp_path, monkeypatch):
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"method.{key}"):
         build(RelationalER, **{key: value})
+
+
+def test_constant_weights_ablation_runs_no_meta_step():
+    method, stream = build(RelationalER, warm_start=0.5, constant_weights=[0.25, 0.75])
+    losses = run_steps(method, stream)
+    reference, stream = build(RelationalER, warm_start=1.0)
+    assert torch.equal(torch.stack(losses[:9]), torch.stack(run_steps(reference, stream)[:9]))
+    summary = method.summary()
+    assert summary["rer_meta_steps"] == 0 and "meta" not in method.counter.components
+    assert summary["rer_w_new_per_task"] == [None, 0.25]
+    assert summary["rer_ratio_buf_new_per_task"] == [None, 3.0]
+    with pytest.raises(ValueError, match="method.constant_weights needs 3 weights"):
+        build(RelationalDERpp, constant_weights=[1.0, 0.5])

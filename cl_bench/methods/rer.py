@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ class RelationConf:
     meta_lr: float = 0.001  # Adam of the relation net
     meta_weight_decay: float = 0.0001
     hidden: int = 16  # relation net width
+    # ablation: these weights instead of the relation net's after the warm start (no meta
+    # steps), one per pair column ([w_new, w_buf]; DER++ [w_new, w_mse, w_buf])
+    constant_weights: list[float] | None = field(default=None)
 
 
 @schema("method", "rer_er")
@@ -94,7 +97,9 @@ class Relational:
     of the look-ahead pass differentiated once more, priced as that backward again).
     The mean learned weights per task go to the summary (`rer_w_<name>_per_task`,
     `rer_ratio_buf_new_per_task`, None for a task without learned weights) and per step to
-    train.csv (`rer_w_<name>`, `rer_meta_loss`). Needs task boundaries (the warm start is
+    train.csv (`rer_w_<name>`, `rer_meta_loss`). `constant_weights` (an ablation) puts
+    fixed weights in the relation net's place after the warm start and runs no meta step.
+    Needs task boundaries (the warm start is
     a fraction of the task): not for `stream=task_free`. The per-sample losses are the
     plain (task-IL masked) cross-entropy: a plugin replacing the classification loss
     applies in the fixed phase only.
@@ -105,7 +110,8 @@ class Relational:
     term_names: tuple[str, ...] = ("ce", "replay")  # the loss terms of the learned phase
 
     def __init__(self, meta_every: int = 5, warm_start: float = 0.5, meta_lr: float = 1e-3,
-                 meta_weight_decay: float = 1e-4, hidden: int = 16, **kw):
+                 meta_weight_decay: float = 1e-4, hidden: int = 16,
+                 constant_weights: list[float] | None = None, **kw):
         if meta_every < 1:
             raise ValueError(f"method.meta_every must be >= 1, got {meta_every}")
         if not 0 <= warm_start <= 1:
@@ -114,19 +120,26 @@ class Relational:
         if meta_lr <= 0 or meta_weight_decay < 0 or hidden < 1:
             raise ValueError(f"method.meta_lr must be > 0, method.meta_weight_decay >= 0 and "
                              f"method.hidden >= 1; got {meta_lr}, {meta_weight_decay}, {hidden}")
+        k = len(self.weight_names)
+        if constant_weights is not None and (len(constant_weights) != k
+                                             or min(constant_weights) < 0):
+            raise ValueError(f"method.constant_weights needs {k} weights >= 0 "
+                             f"({', '.join(self.weight_names)}) or null, got {constant_weights}")
         super().__init__(**kw)
         self.meta_every, self.warm_start = meta_every, warm_start
         device = next(self.model.parameters()).device
+        self.constant = None if constant_weights is None else \
+            torch.tensor([list(constant_weights)], device=device)
         seed = torch.initial_seed() % 2**62
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.relation = RelationNet(len(self.weight_names), hidden).to(device)
+            self.relation = RelationNet(k, hidden).to(device)
         self.add_auxiliary("relation", self.relation)  # counted and checkpointed
         self.meta_optimizer = torch.optim.Adam(self.relation.parameters(), lr=meta_lr,
                                                weight_decay=meta_weight_decay)
         self.meta_generator = torch.Generator(self.memory.device).manual_seed(seed + 1)
         self.task_index, self.step_in_task, self.meta_steps = -1, 0, 0
-        self.weight_sum = torch.zeros(len(self.weight_names), device=device)
+        self.weight_sum = torch.zeros(k, device=device)
         self.weighted_steps = 0
         self.task_weights: list[torch.Tensor | None] = []  # mean learned weights per task
 
@@ -142,14 +155,15 @@ class Relational:
         self.task_index += 1
 
     def loss(self, batch):
-        if self.task_index >= 1 and len(self.memory) and \
+        if self.constant is None and self.task_index >= 1 and len(self.memory) and \
                 (self.step_in_task + 1) % self.meta_every == 0:
             self.meta_step(batch)
         if not self.learned_phase():
             return super().loss(batch)
         losses, norms = self.pair_losses(batch, self.forward, self.replay)
         with torch.no_grad():
-            weights = self.relation(losses.detach(), norms.detach())
+            weights = self.relation(losses.detach(), norms.detach()) \
+                if self.constant is None else self.constant.expand_as(losses)
         mean = weights.mean(0)
         self.weight_sum += mean
         self.weighted_steps += 1
