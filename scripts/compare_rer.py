@@ -79,6 +79,14 @@ def main() -> None:
               f"{mean_sd([100 * r['task_il'] for r in rows])} | {train:.3e} | "
               f"{100 * meta:.1f} % | {statistics.mean(r['seconds'] for r in rows):.0f} s | "
               f"{ratios(rows) if rows[0]['ratio'] else '-'} |")
+    print("\nMean learned weights per task (seeds averaged; task 1 has none):\n\n"
+          "| method | weight | task 2 | task 3 | task 4 | task 5 |\n|---|---|---|---|---|---|")
+    for base in BASES:
+        rows = results[f"rer_{base}"]
+        for name in WEIGHTS[base]:
+            per_task = zip(*(r[name][1:] for r in rows), strict=True)
+            print(f"| rer_{base} | {name} | "
+                  + " | ".join(f"{statistics.mean(t):.3f}" for t in per_task) + " |")
 
 
 if __name__ == "__main__":
