@@ -74,7 +74,9 @@ class Relational:
     net, stepped by its own Adam (`meta_lr`, `meta_weight_decay`). The meta step's memory
     draws are uniform over `memory.stored()` from the method's own generator, and the
     relation net is initialised under a forked RNG, so that neither moves the base
-    method's random draws.
+    method's random draws (on a benchmark with augmentation the meta step's passes draw
+    their crops and flips from the global RNG: there the fixed phase is the base method's
+    loss, not its exact random stream).
 
     Until `warm_start` x `task_steps` steps of a task (and on the first task) the step is
     the base method's own loss, bit for bit: ER's cross-entropy over the joined batch
@@ -99,8 +101,8 @@ class Relational:
     `rer_ratio_buf_new_per_task`, None for a task without learned weights) and per step to
     train.csv (`rer_w_<name>`, `rer_meta_loss`). `constant_weights` (an ablation) puts
     fixed weights in the relation net's place after the warm start and runs no meta step.
-    Needs task boundaries (the warm start is
-    a fraction of the task): not for `stream=task_free`. The per-sample losses are the
+    Needs task boundaries (the warm start is a fraction of the task): not for
+    `stream=task_free`. The per-sample losses are the
     plain (task-IL masked) cross-entropy: a plugin replacing the classification loss
     applies in the fixed phase only.
     """
