@@ -502,7 +502,8 @@ class Run:
             "step": self.state.step, "train_task": task_id, "loss": means.pop("loss"),
             "flops_cumulative": counter.train_flops, "seconds": time.perf_counter() - t_start,
             "flops_dense_cumulative": counter.train_flops_dense, **counter.component_columns(),
-            **{f"loss_{k}": v for k, v in means.items()},
+            **{k.removeprefix("logged:") if k.startswith("logged:") else f"loss_{k}": v
+               for k, v in means.items()},
         }])
 
     def _finish(self, parts: Parts) -> None:
@@ -558,6 +559,8 @@ class LossWindow:
     def reset(self) -> None:
         self.total = torch.zeros((), device=self.device)
         self.terms: dict[str, torch.Tensor] = {}
+        self.logged: dict[str, torch.Tensor] = {}  # a method's `step_log`, by name
+        self.logged_n: dict[str, int] = {}  # steps that logged it
         self.n = 0
 
     def add(self, out: dict) -> None:
@@ -565,10 +568,19 @@ class LossWindow:
         self.n += 1
         for k, v in out.get("terms", {}).items():
             self.terms[k] = self.terms[k] + v if k in self.terms else v.clone()
+        for k, v in out.get("logged", {}).items():
+            self.logged[k] = self.logged[k] + v if k in self.logged else v.clone()
+            self.logged_n[k] = self.logged_n.get(k, 0) + 1
 
     def flush(self) -> tuple[int, dict[str, float]]:
+        """(steps, means): `loss` and the terms over the window's steps (keys `loss`,
+        `<term>`), each logged number over the steps that logged it (key `logged:<name>`)."""
         values = torch.stack([self.total, *self.terms.values()]).div(self.n).tolist()
         means = dict(zip(["loss", *self.terms], values, strict=True))
+        if self.logged:
+            counts = torch.tensor(list(self.logged_n.values()), device=self.device)
+            logged = torch.stack(list(self.logged.values())).div(counts).tolist()
+            means.update({f"logged:{k}": v for k, v in zip(self.logged, logged, strict=True)})
         n = self.n
         self.reset()
         return n, means

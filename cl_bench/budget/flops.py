@@ -276,13 +276,19 @@ class _Hook:
             return
         out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
         with_backward = out is not None and out.requires_grad and torch.is_grad_enabled()
+        tally = counter._tally if with_backward and counter.phase == "train" else None
         if self.forward is None:
             flops = counter._fallback_flops(module, args, kwargs, with_backward)
+            if tally is not None:
+                forward = _pair(counter._fallback_flops(module, args, kwargs, False))
+                tally.add(*(a - b for a, b in zip(_pair(flops), forward, strict=True)))
         else:
             inputs = _bind(module, args, kwargs) if kwargs else args
             flops = self.forward(module, inputs, output)
             if with_backward:
                 backward = self.backward(module, inputs, output, flops)
+                if tally is not None:
+                    tally.add(*_pair(backward))
                 if type(flops) is tuple or type(backward) is tuple:
                     flops, backward = _pair(flops), _pair(backward)
                     flops = flops[0] + backward[0], flops[1] + backward[1]
@@ -307,6 +313,21 @@ def _pair(flops: Flops) -> tuple[int, int]:
     return flops if type(flops) is tuple else (flops, flops)
 
 
+class BackwardTally:
+    """The backward share of the training FLOPs counted inside `FlopCounter.tally()`, dense
+    and at density (e.g. to price differentiating that backward once more, as a look-ahead
+    meta step does)."""
+
+    __slots__ = ("dense", "flops")
+
+    def __init__(self):
+        self.dense = self.flops = 0
+
+    def add(self, dense: int, flops: int) -> None:
+        self.dense += dense
+        self.flops += flops
+
+
 class FlopCounter:
     """Counts training and evaluation FLOPs of the modules it is attached to.
 
@@ -323,6 +344,7 @@ class FlopCounter:
         self.components: dict[str, int] = {}  # train FLOPs by the component they ran under
         self.overhead: dict[str, int] = {}  # work outside training FLOPs (mask updates)
         self._component: str | None = None
+        self._tally: BackwardTally | None = None
         self._modules: weakref.WeakSet = weakref.WeakSet()
         self._fallback_cache: dict[tuple, int] = {}
 
@@ -391,13 +413,24 @@ class FlopCounter:
         finally:
             self._component = previous
 
-    def add(self, flops: int, component: str | None = None) -> None:
+    @contextmanager
+    def tally(self):
+        """Yields a `BackwardTally` of the backward FLOPs of the training passes counted
+        inside (nesting: innermost). Counting itself is unchanged."""
+        previous, self._tally = self._tally, BackwardTally()
+        try:
+            yield self._tally
+        finally:
+            self._tally = previous
+
+    def add(self, flops: int, component: str | None = None, dense: int | None = None) -> None:
         """Training FLOPs done outside counted modules (e.g. a projector update), tagged
-        `component` (default: the current one)."""
+        `component` (default: the current one); `dense`, the as-executed count where it
+        differs from `flops`."""
         if not self.enabled:
             return
         self.train_flops += flops
-        self.train_flops_dense += flops
+        self.train_flops_dense += flops if dense is None else dense
         name = component or self._component
         if name is not None:
             self.components[name] = self.components.get(name, 0) + flops

@@ -127,6 +127,9 @@ class Method(metaclass=_BuildAfterInit):
         self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
         self._last_forward: tuple | None = None  # (batch, inputs, logits) of this step
         self._step_logits: torch.Tensor | None = None  # of the step's first forward
+        # numbers a step logs beside its loss terms (train.csv columns by name, averaged
+        # over the steps that set them); device tensors, so no host sync
+        self.step_log: dict[str, torch.Tensor] = {}
         self.task_steps = 0  # planned steps of the current task (set by the runner)
         self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
 
@@ -197,12 +200,13 @@ class Method(metaclass=_BuildAfterInit):
 
     def observe(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimisation step: zero_grad -> loss terms -> backward -> after_backward ->
-        step -> after_step. Returns the detached total `loss` and, when there are several,
-        the `terms` (no host sync here)."""
+        step -> after_step. Returns the detached total `loss`, when there are several, the
+        `terms`, and what the step put in `step_log` as `logged` (no host sync here)."""
         optimizers = [self.optimizer, *self.aux_optimizers.values()]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self._step_logits = None
+        self.step_log = {}
         terms = self.loss(batch)
         for plugin in self.plugins:
             terms.update(plugin.loss(batch))
@@ -224,6 +228,8 @@ class Method(metaclass=_BuildAfterInit):
         for plugin in self.plugins:
             plugin.after_step(batch)
         self._step_logits = None
+        if self.step_log:
+            out["logged"] = {k: v.detach() for k, v in self.step_log.items()}
         return out
 
     def end_task(self, task: Task) -> None:
