@@ -192,7 +192,6 @@ def test_a_resumed_run_restores_the_teacher(tmp_path, monkeypatch):
                           "memory.size=50", "model.hidden=[50]", "eval.every=0"], stop_at=60)
 
 
-@pytest.mark.slow
 @needs_mnist
 def test_it_beats_finetuning_on_online_split_mnist(run_job):
     small = ["benchmark=split_mnist", "stream=online", "benchmark.val_fraction=0.9",
