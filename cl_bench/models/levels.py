@@ -1,9 +1,13 @@
-"""A classifier seen as a (possibly frozen) extractor followed by trainable layers
-h_1 .. h_L whose inputs a_0 .. a_{L-1} can be read and into which a batch can be injected
-(the multi-level classifier of Progressive Latent Replay, Pawlak et al., 2022)."""
+"""Feature levels of a classifier. `LevelView`: a (possibly frozen) extractor followed by
+trainable layers h_1 .. h_L whose inputs a_0 .. a_{L-1} can be read and into which a batch
+can be injected (the multi-level classifier of Progressive Latent Replay, Pawlak et al.,
+2022). `default_level_names`/`capture`: the outputs of named intermediate modules (conv
+blocks, stages, hidden layers) read during a forward, for feature distillation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 
 import torch
@@ -55,3 +59,45 @@ class LevelView:
         for block in self.blocks[level:]:
             a = block(a)
         return self.model.head(a)
+
+
+def default_level_names(model: nn.Module) -> list[str] | None:
+    """Names (as in `model.named_modules()`) of the modules whose outputs are a model's
+    feature levels, for the backbones clbench ships: `MLP` the activation of each hidden
+    layer, `ConvNet` each conv block's output (after its max-pool), `ReducedResNet18` its
+    four stages, `ResNet18` layer1-4. None for any other model."""
+    from cl_bench.models.convnet import ConvNet
+    from cl_bench.models.mlp import MLP
+    from cl_bench.models.resnet import ReducedResNet18, ResNet18
+
+    if isinstance(model, (MLP, ConvNet)):
+        kind = nn.ReLU if isinstance(model, MLP) else nn.MaxPool2d
+        return [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, kind)]
+    if isinstance(model, ReducedResNet18):
+        return [f"stages.{i}" for i in range(len(model.stages))]
+    if isinstance(model, ResNet18):
+        return [f"backbone.layer{i}" for i in range(1, 5)]
+    return None
+
+
+def level_modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    """The modules of `model` named `names` (a KeyError names the first one missing)."""
+    modules = dict(model.named_modules())
+    return [modules[name] for name in names]
+
+
+@contextmanager
+def capture(modules: list[nn.Module]) -> Iterator[list[torch.Tensor | None]]:
+    """Within the context, the outputs of `modules` on the latest forward that reached
+    them (temporary forward hooks; numerics and FLOP counting unchanged)."""
+    outputs: list[torch.Tensor | None] = [None] * len(modules)
+
+    def keep(i):
+        return lambda module, args, output: outputs.__setitem__(i, output)
+
+    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
