@@ -14,6 +14,7 @@ from cl_bench.memory.base import NoMemory
 from cl_bench.methods.cps import CPS, relief_keep
 from cl_bench.methods.hat import HAT, anneal_s, compensation
 from cl_bench.methods.isolation import pack, unpack
+from cl_bench.methods.nispa import NISPA, stable_fraction, top_units
 from cl_bench.methods.packnet import PackNet
 from cl_bench.models.mlp import MLP
 from conftest import compose_config, data_root, interrupt_and_resume, needs_mnist, tiny_stream
@@ -63,7 +64,7 @@ def train_mnist_task(method, task, steps=25, size=64):
 
 
 @needs_mnist
-@pytest.mark.parametrize("name", ["packnet", "hat", "cps"])
+@pytest.mark.parametrize("name", ["packnet", "hat", "cps", "nispa"])
 def test_old_task_logits_are_bitwise_unchanged_with_task_ids(tmp_path, name):
     parts = mnist_parts(tmp_path, name)
     method, tasks = parts.method, [t.to(parts.device) for t in parts.stream.tasks]
@@ -236,9 +237,50 @@ def test_pack_roundtrip():
     assert torch.equal(unpack(pack(m), m.shape), m)
 
 
+# -- NISPA --------------------------------------------------------------------------------
+def test_nispa_schedule_and_unit_selection_match_hand_computed_values():
+    assert stable_fraction(1, 30) == pytest.approx(0.5 * (1 + math.cos(math.pi / 30)))
+    assert stable_fraction(5, 10) == pytest.approx(0.5)
+    act = torch.tensor([1.0, 5.0, 0.0, 3.0, 1.0])  # total 10: 5 + 3 = 8 >= 7.5
+    assert top_units(act, 0.75).tolist() == [False, True, False, True, False]
+    assert top_units(act, 0.81).tolist() == [True, True, False, True, False]  # ties: first
+
+
+def test_nispa_stable_units_are_frozen_and_read_only_stable_units_across_phases():
+    method, stream = build(NISPA, hidden=(16, 12), density=0.5, phases=3, k=3.0)
+    run_task(method, stream.tasks[0], 9)
+    stable = [s.clone() for s in method.stable]
+    assert stable[-1].tolist() == [True, True, False, False]  # task 0's classes
+    assert all(s.any() and not s.all() for s in stable[:-1])
+    frozen = {n: f.clone() for n, f in method.frozen.items()}
+    w0 = {n: layer.weight.detach().clone() for n, layer in method.layers.items()}
+    b0 = [layer.bias.detach().clone() for layer in method.layers.values()]
+    task = stream.tasks[1]
+    method.begin_task(task)
+    method.train_data(task)
+    method.task_steps = 9
+    for s in range(9):  # three phases, two selections and rewirings
+        method.observe(batch(task, s))
+        for i, (n, layer) in enumerate(method.layers.items()):
+            assert torch.equal(layer.weight[frozen[n]], w0[n][frozen[n]])
+            assert torch.equal(layer.bias[stable[i]], b0[i][stable[i]])
+            # nothing plastic feeds a stable unit of an earlier task
+            src = method._src(i, stable)
+            assert not (method.conn[n] & method._pair(i, stable[i], ~src)).any()
+    method.end_task(task)
+    assert all((new | old).equal(new) for new, old in zip(method.stable, stable, strict=True))
+    assert sum(int(f.sum()) for f in method.frozen.values()) > \
+        sum(int(f.sum()) for f in frozen.values())
+    s = method.summary()
+    assert len(s["capacity_per_task"]) == 2
+    hidden = sum(len(u) for u in method.stable[:-1])
+    assert s["capacity_used"] == sum(int(u.sum()) for u in method.stable[:-1]) / hidden
+
+
 # -- resume -------------------------------------------------------------------------------
 @needs_mnist
-@pytest.mark.parametrize("name, cls", [("packnet", PackNet), ("hat", HAT), ("cps", CPS)])
+@pytest.mark.parametrize("name, cls", [("packnet", PackNet), ("hat", HAT), ("cps", CPS),
+                                       ("nispa", NISPA)])
 def test_resume_keeps_masks_and_ownership(tmp_path, monkeypatch, name, cls):
     overrides = [f"method={name}", "benchmark=split_mnist", "scenario=task_il",
                  "model.hidden=[32,32]", "budget.iters=15", "budget.batch_size=32",
