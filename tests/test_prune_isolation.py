@@ -48,12 +48,13 @@ def run_task(method, task, steps):
 def mnist_parts(tmp_path, method, *overrides):
     from cl_bench.experiment import build_parts
 
+    torch.manual_seed(0)
     cfg = compose_config([f"data.root={data_root()}", f"method={method}", "scenario=task_il",
                           "benchmark=split_mnist", "model.hidden=[64,64]", *overrides])
     return build_parts(cfg, tmp_path)
 
 
-def train_mnist_task(method, task, steps=25, size=64):
+def train_mnist_task(method, task, steps=40, size=64):
     method.begin_task(task)
     data = method.train_data(task)
     method.task_steps = steps
