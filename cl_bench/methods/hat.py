@@ -73,7 +73,7 @@ class HAT(TaskAware):
         self.dense_layers = list(dense_layers)
         self._gates: list[torch.Tensor] = []
         super().__init__(**kw)
-        self.step, self.s, self.n_train = 0, smax, 0
+        self.step, self.s, self.n_train, self.per_epoch = 0, smax, 0, 1
 
     def wrap_model(self, model):
         self.layers = view_layers(model, self.dense_layers, "method.dense_layers")
@@ -139,8 +139,9 @@ class HAT(TaskAware):
                 raise ValueError("method.anneal=task needs the task's planned steps "
                                  "(budget.epochs or budget.iters, not budget.match)")
             return anneal_s(step, self.task_steps, self.smax)
-        per_epoch = max(1, math.ceil(self.n_train / batch_len))
-        return anneal_s(step % per_epoch, per_epoch, self.smax)
+        if step == 0:  # the task's first batch is a full one (the last may be short)
+            self.per_epoch = max(1, math.ceil(self.n_train / batch_len))
+        return anneal_s(step % self.per_epoch, self.per_epoch, self.smax)
 
     def loss(self, batch):
         self.s = self._s_at(self.step, len(batch))
