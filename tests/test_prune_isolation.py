@@ -289,3 +289,24 @@ def test_resume_keeps_masks_and_ownership(tmp_path, monkeypatch, name, cls):
     summary, ref = interrupt_and_resume(tmp_path, monkeypatch, cls, overrides, stop_at=40)
     assert summary["capacity_per_task"] == ref["capacity_per_task"]
     assert summary["mask_bytes"] == ref["mask_bytes"]
+
+
+@pytest.mark.parametrize("cls, options, key", [
+    (PackNet, {"prune": 1.0}, "method.prune"), (HAT, {"anneal": "batch"}, "method.anneal"),
+    (CPS, {"select": "vote"}, "method.select"), (NISPA, {"phases": 1}, "method.phases")])
+def test_bad_values_name_their_key(cls, options, key):
+    with pytest.raises(ValueError, match=key):
+        build(cls, **options)
+
+
+def test_task_il_methods_refuse_class_il_and_weight_decay():
+    stream = tiny_stream()
+    with pytest.raises(ValueError, match="supports \\['task_il'\\]"):
+        PackNet(model=MLP((1, 4, 4), 4, hidden=[8]), memory=NoMemory(),
+                optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                preprocess=Preprocess((0.5,), (0.3,), "cpu"), class_mask=stream.class_mask(),
+                scenario="class_il")
+    method, stream = build(HAT)
+    method.make_optimizer = functools.partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="optimizer.weight_decay=0"):
+        method.begin_task(stream.tasks[0])
