@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.errors import ConfigError
@@ -16,7 +17,7 @@ from cl_bench.schemas import schema
 @schema("method", "supermask")
 @dataclass
 class SupermaskConf(MethodConf):
-    density: float = 0.1          # kept fraction of each layer's weights ("sparsity" in the papers' code)
+    density: float = 0.1          # kept fraction per layer ("sparsity" in the papers' code)
     infer_task: bool = False      # predict(x) without task ids: SupSup's one-shot task inference
     infer_batch: int = 64         # samples sharing one inferred task id
     weight_init: str = "signed_constant"  # signed_constant | keep (the model's own init)
@@ -36,7 +37,10 @@ class SupermaskMethod(Method):
     entropy (softmax over the seen classes) w.r.t. the alphas, pick the most negative
     component, then run the chunk under that task's mask. A chunk spanning two tasks'
     samples gets one id (the paper assumes a batch from one task). `infer_task=false`:
-    predict(x) uses the last finished task's mask. The evaluator hands the true ids
+    predict(x) uses the last finished task's mask. With `infer_task=true` each mask trains
+    with cross-entropy over the whole head (SupSup's GNu setting: otherwise the logits of
+    other tasks' classes are left free, and the entropy cannot tell the masks apart); task-IL
+    scoring still masks the other tasks' logits. The evaluator hands the true ids
     afterwards (`see_task_ids`), which score the inference (`task_infer_acc`) and never
     enter a prediction. A subclass sets which parameters train (`before_task`)."""
 
@@ -101,6 +105,11 @@ class SupermaskMethod(Method):
             out.append(used)
         return out
 
+    def cross_entropy(self, logits, y, task_ids):
+        if self.infer_task:  # SupSup's GNu: over the whole head, so masks compare by entropy
+            return F.cross_entropy(logits, y)
+        return super().cross_entropy(logits, y, task_ids)
+
     # -- prediction ---------------------------------------------------------------------
     def predict(self, x, task_ids=None):
         if task_ids is None:
@@ -122,9 +131,9 @@ class SupermaskMethod(Method):
     def infer_tasks(self, x: torch.Tensor) -> torch.Tensor:
         """SupSup's one-shot task id of each chunk of `infer_batch` samples (repeated per
         sample), among the finished tasks."""
-        tasks = torch.tensor(self.learned, device=x.device)
-        ids = torch.empty(len(x), dtype=torch.long, device=x.device)
         with torch.inference_mode(False), torch.enable_grad():
+            tasks = torch.tensor(self.learned, device=x.device)
+            ids = torch.empty(len(x), dtype=torch.long, device=x.device)
             x = x.clone()
             for s in range(0, len(x), self.infer_batch):
                 alphas = torch.full((len(tasks),), 1 / len(tasks), device=x.device,
