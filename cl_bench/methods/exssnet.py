@@ -19,6 +19,7 @@ from cl_bench.schemas import schema
 class ExSSNeTConf(SupermaskConf):
     mask_fraction: float = 0.5   # share of each task's steps spent on the mask (then weights)
     exclusive: bool = True       # false: SSNeT, training every weight of the mask (control)
+    weight_lr: float | None = None  # the weight phase's learning rate (null: optimizer.lr)
     kkt: bool = True
     knn_k: int = 200
     knn_samples: int = 1000      # training samples of the new task the k-NN sees (66% fit)
@@ -34,11 +35,13 @@ class ExSSNeT(SupermaskMethod):
     penultimate features under each earlier mask and scores the rest; when the best one
     beats chance (1/classes of the task), the task's scores start as a copy of that task's
     (`kkt_choice` in the summary, -1 for a fresh start). The reference code runs the two
-    phases as separate epoch counts; here they split the task's step budget. The weights
+    phases as separate epoch counts; here they split the task's step budget; the weight
+    phase has its own learning rate (`weight_lr`; mask 0.01, weights 0.001 in its README). The weights
     start as signed constants, as in the reference code."""
 
-    def __init__(self, mask_fraction: float = 0.5, exclusive: bool = True, kkt: bool = True,
-                 knn_k: int = 200, knn_samples: int = 1000, **kw):
+    def __init__(self, mask_fraction: float = 0.5, exclusive: bool = True,
+                 weight_lr: float | None = None, kkt: bool = True, knn_k: int = 200,
+                 knn_samples: int = 1000, **kw):
         super().__init__(**kw)
         if not 0 < mask_fraction <= 1:
             raise ConfigError(f"method.mask_fraction={mask_fraction} must be in (0, 1]")
@@ -49,7 +52,10 @@ class ExSSNeT(SupermaskMethod):
             raise ConfigError("method.kkt=true needs a model with a `features` module (its "
                               "penultimate features): model=mlp or model=convnet, or "
                               "method.kkt=false")
+        if weight_lr is not None and weight_lr <= 0:
+            raise ConfigError(f"method.weight_lr={weight_lr} must be > 0 (or null)")
         self.mask_fraction, self.exclusive, self.kkt = mask_fraction, exclusive, kkt
+        self.weight_lr = weight_lr
         self.knn_k, self.knn_samples = knn_k, knn_samples
         self.task_scores: dict[int, list[torch.Tensor]] = {}
         self.kkt_choice: list[int] = []
@@ -91,6 +97,8 @@ class ExSSNeT(SupermaskMethod):
             m.weight.requires_grad_(True)
         self.reset_optimizer()
         for group in self.optimizer.param_groups:
+            if self.weight_lr is not None:
+                group["lr"] = self.weight_lr
             if group.get("weight_decay", 0):
                 raise ConfigError("exssnet needs optimizer.weight_decay=0: decay would move "
                                   "the weights earlier tasks use")
