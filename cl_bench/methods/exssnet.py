@@ -36,8 +36,8 @@ class ExSSNeT(SupermaskMethod):
     beats chance (1/classes of the task), the task's scores start as a copy of that task's
     (`kkt_choice` in the summary, -1 for a fresh start). The reference code runs the two
     phases as separate epoch counts; here they split the task's step budget; the weight
-    phase has its own learning rate (`weight_lr`; mask 0.01, weights 0.001 in its README). The weights
-    start as signed constants, as in the reference code."""
+    phase has its own learning rate (`weight_lr`; mask 0.01, weights 0.001 in its README).
+    The weights start as signed constants, as in the reference code."""
 
     def __init__(self, mask_fraction: float = 0.5, exclusive: bool = True,
                  weight_lr: float | None = None, kkt: bool = True, knn_k: int = 200,
