@@ -114,7 +114,8 @@ class ExSSNeT(SupermaskMethod):
             for m in self.layers:
                 m.store(task.id)
             self.mask_fixed = True
-        self.task_scores[task.id] = [m.scores.detach().clone() for m in self.layers]
+        if self.kkt:
+            self.task_scores[task.id] = [m.scores.detach().clone() for m in self.layers]
         super().after_task(task)
 
     @torch.no_grad()
@@ -144,7 +145,12 @@ class ExSSNeT(SupermaskMethod):
         return self.learned[best] if float(accs[best]) > 1 / len(task.classes) else -1
 
     def summary(self) -> dict:
-        return {**super().summary(), "kkt_choice": self.kkt_choice}
+        # KKT keeps each finished task's real-valued scores (as the reference code): float
+        # memory beside the bit-packed masks
+        scores_bytes = sum(s.numel() * s.element_size()
+                           for scores in self.task_scores.values() for s in scores)
+        return {**super().summary(), "kkt_choice": self.kkt_choice,
+                "kkt_scores_bytes": scores_bytes}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "task_scores": self.task_scores,
