@@ -46,8 +46,9 @@ BENCHMARKS = {
     "split_mnist": (SPLIT_MNIST, 2000),
     "permuted_mnist": ({
         "ebm": ["experiment=ebm_permuted_mnist"],
-        "softmax": ["experiment=ebm_permuted_mnist", "method=finetune", "model=mlp",
-                    "model.hidden=[1000,1000]"],
+        "softmax": ["experiment=three_scenarios_permuted", "benchmark.labels=per_task",
+                    "benchmark.scenario=class_il", "method=finetune",
+                    "model.hidden=[1000,1000]", "optimizer.lr=0.0001"],
     }, 2000),
     "cifar100": ({
         "ebm": ["experiment=ebm_cifar100"],

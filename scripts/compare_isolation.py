@@ -1,15 +1,20 @@
-"""Per-task supermask methods (SupSup, ExSSNeT, WSN, SoftNet) against fine-tuning, task-IL:
-accuracy and forgetting (mean +/- std over seeds), capacity used, mask bytes, task-id
-accuracy where inferred, training FLOPs theoretical and as executed.
+"""Parameter isolation (issue 14): the per-task supermask methods (SupSup, ExSSNeT, WSN,
+SoftNet) and the pruning / attention ones (PackNet, HAT, CP&S, NISPA) against fine-tuning,
+task-IL with task ids, 3 seeds: accuracy and forgetting (mean +/- std), class-IL where a
+method defines it (SupSup with one-shot task inference, CP&S by subnetwork selection,
+NISPA), task-id accuracy where inferred, capacity used, mask bytes, training FLOPs
+theoretical (at the masks' density) and as executed, training time.
 
-    CLBENCH_DATA=../shared/data python scripts/compare_supermask.py mnist
-    CLBENCH_DATA=../shared/data python scripts/compare_supermask.py cifar100 --seeds 0
+    CLBENCH_DATA=../shared/data python scripts/compare_isolation.py mnist --jobs 2
+    CLBENCH_DATA=../shared/data python scripts/compare_isolation.py cifar100 --jobs 2
 
-`mnist`: split MNIST (5 x 2 classes), MLP 784-400-400-10, Adam, batch 64, 1 epoch per task.
-`cifar100`: split CIFAR-100 (10 x 10 classes), `model=convnet` (no BatchNorm), Adam, batch
-64, `--epochs` per task (default 2). Masks at density 0.1 (the ExSSNeT paper's default)
-unless the row says otherwise; mask learning at lr 0.01 (ExSSNeT's README), weight
-training at 0.001 (WSN, ExSSNeT's weight phase). Runs completed under `--out` are reused.
+`mnist`: split MNIST (5 x 2 classes), MLP 784-400-400-10, 1 epoch per task.
+`cifar100`: split CIFAR-100 (10 x 10 classes), the CPU budget: `model=convnet` narrowed to
+16-32-64 conv channels and 128 hidden units (no BatchNorm, ~2.8 MMAC per image), `--epochs`
+per task (default 2). Both: Adam, batch 64; masks at density 0.1 (the ExSSNeT paper's
+default) for the supermask rows, mask learning at lr 0.01 (ExSSNeT's README), weight
+training at 0.001 (WSN, ExSSNeT's weight phase, and the pruning methods). Runs completed
+under `--out` are reused; per-run numbers go to `--out`/results.json.
 """
 
 from __future__ import annotations
@@ -31,16 +36,26 @@ ROWS = {
                              "method.exclusive=false"],
     "wsn": ["method=wsn", *WEIGHTS],
     "softnet": ["method=softnet", *WEIGHTS],
+    "packnet": ["method=packnet", *WEIGHTS],
+    "hat": ["method=hat", *WEIGHTS],
+    "cps": ["method=cps", *WEIGHTS],
+    "nispa": ["method=nispa", *WEIGHTS],
+    "supsup_infer": ["method=supsup", *MASK, "method.infer_task=true"],
+    # the densities SupSup (permuted MNIST) and WSN use in their papers
     "supsup_d0.5": ["method=supsup", *MASK, "method.density=0.5"],
     "wsn_d0.5": ["method=wsn", *WEIGHTS, "method.density=0.5"],
-    "supsup_infer": ["method=supsup", *MASK, "method.infer_task=true"],
 }
+CLASS_IL = {"supsup_infer", "cps", "nispa"}  # rows whose class-IL number means something
 BENCHMARKS = {
     "mnist": ["benchmark=split_mnist", "model=mlp", "budget.epochs=1"],
-    "cifar100": ["benchmark=split_cifar100", "model=convnet"],
+    "cifar100": ["benchmark=split_cifar100", "model=convnet", "model.channels=[16,32,64]",
+                 "model.hidden=128"],
 }
 COMMON = ["scenario=task_il", "optimizer=adam", "budget.batch_size=64", "eval.every=0",
           "logger.console=false"]
+KEYS = ("acc_task_il", "forgetting_task_il", "acc_class_il", "task_infer_acc", "capacity_used",
+        "capacity_unit", "capacity_per_task", "mask_bytes", "train_flops", "train_flops_dense",
+        "train_seconds")
 
 
 def main() -> None:
@@ -51,19 +66,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="cifar100: epochs per task")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="default outputs/compare_supermask_<benchmark>")
+                    help="default outputs/compare_isolation_<benchmark>")
     args = ap.parse_args()
     names = args.methods or list(ROWS)
     if unknown := set(names) - set(ROWS):
         ap.error(f"--methods {sorted(unknown)}: choose from {list(ROWS)}")
-    out = args.out or Path(f"outputs/compare_supermask_{args.benchmark}")
+    out = args.out or Path(f"outputs/compare_isolation_{args.benchmark}")
     extra = [*BENCHMARKS[args.benchmark], *COMMON]
     if args.benchmark == "cifar100":
         extra.append(f"budget.epochs={args.epochs}")
     found = run_rows({name: ROWS[name] for name in names}, extra, args.seeds, out, args.jobs)
-    keys = ("acc_task_il", "forgetting_task_il", "acc_class_il", "task_infer_acc",
-            "capacity_used", "mask_bytes", "train_flops", "train_flops_dense", "train_seconds")
-    results = {name: [{"seed": seed, **{k: s.get(k) for k in keys}} for seed, s in runs]
+    results = {name: [{"seed": seed, **{k: s.get(k) for k in KEYS}} for seed, s in runs]
                for name, runs in found.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -73,16 +86,16 @@ def main() -> None:
         return mean_sd(values) if values else "-"
 
     print(f"split {args.benchmark} task-IL, {' '.join(extra)}, seeds {args.seeds}\n")
-    print("| row | overrides | task-IL ACC % | forgetting % | class-IL ACC % | task-id acc % "
+    print("| row | task-IL ACC % | forgetting % | class-IL ACC % | task-id acc % "
           "| capacity used % | mask bytes | train FLOPs theoretical | as executed | train time |"
-          "\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "\n|---|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
-        infer = "infer" in name
         mask_bytes = rows[0]["mask_bytes"]
-        print(f"| {name} | `{' '.join(ROWS[name])}` | {cell(rows, 'acc_task_il')} | "
-              f"{cell(rows, 'forgetting_task_il')} | "
-              f"{cell(rows, 'acc_class_il') if infer else '-'} | {cell(rows, 'task_infer_acc')} | "
-              f"{cell(rows, 'capacity_used') if mask_bytes else '-'} | "
+        unit = f" ({rows[0]['capacity_unit']})" if rows[0].get("capacity_unit") else ""
+        print(f"| {name} | {cell(rows, 'acc_task_il')} | {cell(rows, 'forgetting_task_il')} | "
+              f"{cell(rows, 'acc_class_il') if name in CLASS_IL else '-'} | "
+              f"{cell(rows, 'task_infer_acc')} | "
+              f"{cell(rows, 'capacity_used') + unit if mask_bytes else '-'} | "
               f"{mask_bytes if mask_bytes is not None else '-'} | "
               f"{statistics.mean(r['train_flops'] for r in rows):.3e} | "
               f"{statistics.mean(r['train_flops_dense'] for r in rows):.3e} | "
