@@ -13,9 +13,9 @@ from cl_bench.data.transforms import Preprocess
 from cl_bench.memory.base import NoMemory
 from cl_bench.methods.cps import CPS, relief_keep
 from cl_bench.methods.hat import HAT, anneal_s, compensation
-from cl_bench.methods.isolation import pack, unpack
 from cl_bench.methods.nispa import NISPA, stable_fraction, top_units
 from cl_bench.methods.packnet import PackNet
+from cl_bench.models.masked import pack_bits, unpack_bits
 from cl_bench.models.mlp import MLP
 from conftest import compose_config, data_root, interrupt_and_resume, needs_mnist, tiny_stream
 
@@ -234,8 +234,8 @@ def test_cps_masks_are_bit_packed_and_shared_weights_stay_read_only():
 
 def test_pack_roundtrip():
     m = torch.rand(3, 7, 5) > 0.5
-    assert pack(m).numel() == math.ceil(105 / 8)
-    assert torch.equal(unpack(pack(m), m.shape), m)
+    assert pack_bits(m).numel() == math.ceil(105 / 8)
+    assert torch.equal(unpack_bits(pack_bits(m), m.shape), m)
 
 
 # -- NISPA --------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from cl_bench.memory.base import NoMemory
 from cl_bench.methods.exssnet import ExSSNeT
 from cl_bench.methods.supsup import SupSup
 from cl_bench.methods.wsn import WSN, SoftNet
+from cl_bench.models.masked import pack_bits, unpack_bits
 from cl_bench.models.mlp import MLP
-from cl_bench.models.task_masked import pack_bits, unpack_bits
-from tests.conftest import data_root, interrupt_and_resume, needs_mnist
+from conftest import data_root, interrupt_and_resume, needs_mnist
 
 METHODS = {"supsup": SupSup, "exssnet": ExSSNeT, "wsn": WSN, "softnet": SoftNet}
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.methods.base import MethodConf
-from cl_bench.methods.isolation import TaskAware, pack, unpack, view_layers
+from cl_bench.methods.isolation import TaskAware, view_layers
+from cl_bench.models.masked import pack_bits, unpack_bits
 from cl_bench.schemas import schema
 
 SELECT = ("max_output", "entropy")
@@ -92,7 +93,7 @@ class CPS(TaskAware):
     def view_masks(self, t):
         if t >= len(self.masks):
             return self.live
-        return {n: unpack(p, self.layers[n].weight.shape) for n, p in self.masks[t].items()}
+        return {n: unpack_bits(p, self.layers[n].weight.shape) for n, p in self.masks[t].items()}
 
     # -- training -------------------------------------------------------------------------
     def train_data(self, task):
@@ -161,7 +162,7 @@ class CPS(TaskAware):
     def after_task(self, task):
         if self.n_pruned == 0 and self.iters:
             self._prune()
-        self.masks.append({n: pack(m) for n, m in self.live.items()})
+        self.masks.append({n: pack_bits(m) for n, m in self.live.items()})
         for n in self.layers:
             self.owned[n] |= self.live[n]
         self._reset_counts()

@@ -6,12 +6,10 @@ every task's view (a task's subnetwork) and a view never zeroes another task's w
 Their FLOP rules are the masked layers' (`papers/methods_sparse.md` section 10): forward
 and input gradient at the view's density, weight gradient at `grad_keep` x the view's
 live weights (the weights this task may still train; PyTorch computes them densely, the
-"as executed" count). `pack`/`unpack` store binary masks eight to a byte.
+"as executed" count). Masks are stored bit-packed (`masked.pack_bits`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -64,22 +62,6 @@ def view_layers(model: nn.Module, dense: list[str] | tuple[str, ...],
         module.register_buffer("mask", torch.ones_like(module.weight, requires_grad=False))
         module.nnz = module.weight.numel()
     return found
-
-
-def pack(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask as uint8, eight entries a byte (zero-padded)."""
-    flat = mask.flatten().bool()
-    flat = F.pad(flat, (0, -len(flat) % 8)).view(-1, 8).to(torch.uint8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8,
-                           device=mask.device)
-    return (flat * weights).sum(1, dtype=torch.uint8)
-
-
-def unpack(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """The bool mask of `shape` that `pack` stored."""
-    bits = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=packed.device)
-    flat = (packed.unsqueeze(1) & bits).ne(0).flatten()
-    return flat[: math.prod(shape)].view(shape)
 
 
 class TaskAware(Method):

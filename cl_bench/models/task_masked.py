@@ -29,21 +29,7 @@ from torch import nn
 
 from cl_bench.budget.flops import conv_flops, linear_flops, register_flops
 from cl_bench.errors import ConfigError
-
-_BITS = 2 ** torch.arange(7, -1, -1, dtype=torch.uint8)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool/0-1 tensor as uint8 bytes, 8 entries per byte (MSB first), zero-padded."""
-    flat = mask.reshape(-1).bool()
-    flat = F.pad(flat, (0, (-flat.numel()) % 8)).view(-1, 8).to(torch.uint8)
-    return (flat * _BITS.to(flat.device)).sum(1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
-    """The bool tensor of `shape` that `pack_bits` packed."""
-    bits = (packed.unsqueeze(1) & _BITS.to(packed.device)) != 0
-    return bits.reshape(-1)[: math.prod(shape)].reshape(shape)
+from cl_bench.models.masked import pack_bits, unpack_bits
 
 
 class _TopK(torch.autograd.Function):
