@@ -136,6 +136,20 @@ def test_hat_capacity_counts_units_whose_hard_gate_is_on():
     assert torch.equal(method.A[0], (on0[0] | on1[0]).float())
 
 
+def test_hat_trains_on_when_earlier_tasks_took_every_unit():
+    """The regulariser's denominator (units still free) is 0 then: the term is 0, not NaN
+    (a narrow net on split CIFAR-100 ran out of units at task 9 and diverged)."""
+    method, stream = build(HAT, hidden=(8, 5))
+    run_task(method, stream.tasks[0], 3)
+    for a in method.A:
+        a.fill_(1.0)
+    method.begin_task(stream.tasks[1])
+    method.train_data(stream.tasks[1])
+    method.task_steps = 3
+    out = method.observe(batch(stream.tasks[1], 0))
+    assert torch.isfinite(out["loss"]) and out["terms"]["reg"] == 0
+
+
 # -- HAT: annealing, compensation, gradient masks -----------------------------------------
 def test_hat_annealing_and_compensation_match_the_paper_formulas():
     assert anneal_s(0, 5, 400.0) == 1 / 400

@@ -152,7 +152,8 @@ class HAT(TaskAware):
         if self.c:
             free = [1 - a for a in self.A]
             reg = sum((a * f).sum() for a, f in zip(gates, free, strict=True))
-            terms["reg"] = self.c * reg / sum(f.sum() for f in free)
+            # every unit taken by earlier tasks: nothing to regularise (not 0 / 0)
+            terms["reg"] = self.c * reg / sum(f.sum() for f in free).clamp(min=1)
         return terms
 
     @torch.no_grad()
