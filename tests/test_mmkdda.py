@@ -187,9 +187,15 @@ def test_bad_values_and_streams_are_refused(run_job):
 
 
 def test_a_resumed_run_restores_the_teacher(tmp_path, monkeypatch):
-    interrupt_and_resume(tmp_path, monkeypatch, MMKDDA,
-                         ["method=mmkdda", "method.mix=mixup", "stream=online",
-                          "memory.size=50", "model.hidden=[50]", "eval.every=0"], stop_at=60)
+    """Same accuracy matrix (asserted by `interrupt_and_resume`) and the same teacher and
+    meta FLOPs as the uninterrupted run."""
+    resumed, ref = interrupt_and_resume(
+        tmp_path, monkeypatch, MMKDDA, ["method=mmkdda", "method.mix=mixup", "stream=online",
+                                        "memory.size=50", "model.hidden=[50]", "eval.every=0"],
+        stop_at=60)
+    assert resumed["flops_teacher"] == ref["flops_teacher"] > 0
+    assert resumed["flops_meta"] == ref["flops_meta"]
+    assert resumed["acc_class_il"] == ref["acc_class_il"]
 
 
 @needs_mnist

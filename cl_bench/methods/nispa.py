@@ -139,14 +139,18 @@ class NISPA(TaskAware):
         self._set_views()
 
     def _set_views(self) -> None:
+        """Installs the views after `conn` or `frozen` changed, and the gradient masks of
+        the weights that train (connected, not frozen) the steps then apply."""
+        self._trains = {}
         for n, layer in self.layers.items():
-            layer.set_view(self.conn[n], self.conn[n] & ~self.frozen[n])
+            self._trains[n] = self.conn[n] & ~self.frozen[n]
+            layer.set_view(self.conn[n], self._trains[n])
 
     @torch.no_grad()
     def after_backward(self, batch):
         for i, (n, layer) in enumerate(self.layers.items()):
             if layer.weight.grad is not None:
-                layer.weight.grad.mul_(self.conn[n] & ~self.frozen[n])
+                layer.weight.grad.mul_(self._trains[n])
             if layer.bias is not None and layer.bias.grad is not None:
                 layer.bias.grad.mul_(~self.old_stable[i])
 
