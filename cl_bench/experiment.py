@@ -14,13 +14,14 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 import cl_bench
 from cl_bench.budget.budget import Budget
@@ -51,6 +52,8 @@ from cl_bench.methods.base import Method
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
+from cl_bench.models.pretrained import RUNNER_KEYS
+from cl_bench.models.pretrained import prepare as prepare_weights
 from cl_bench.plugins.stability_gap import NMCHead
 
 log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
@@ -182,6 +185,13 @@ def instantiate_part(node: DictConfig, runner_keys: tuple[str, ...] = ("name",),
     return instantiate(own, **kwargs)
 
 
+def build_model(model_cfg: DictConfig, input_shape, n_classes: int) -> nn.Module:
+    """The model of `model_cfg` (random weights; `prepare_weights` loads `model.weights` of
+    the models with a `pretrain` node; conv5_frozen reads its own `weights` file)."""
+    keys = RUNNER_KEYS if "pretrain" in model_cfg else ("name",)
+    return instantiate_part(model_cfg, keys, input_shape=input_shape, n_classes=n_classes)
+
+
 def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
     """The memory of `cfg`; one that keeps files (carousel) gets the run directory."""
     stores_files = get_class(cfg.memory._target_).stores_files
@@ -204,8 +214,12 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     stream = blur(stream, cfg.stream.width, cfg.seed)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
     class_mask = stream.class_mask(device)
-    model = instantiate_part(cfg.model, input_shape=stream.input_shape,
-                   n_classes=stream.n_classes).to(device)
+    model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
+    weights = prepare_weights(
+        model, cfg.model, build=lambda n: build_model(cfg.model, stream.input_shape, n),
+        data_root=cfg.data.root, cache_root=cfg.cache.root, device=device)
+    if weights:
+        stream = replace(stream, provenance={**stream.provenance, **weights})
     budget = instantiate_part(cfg.budget, **budget_overrides(cfg.stream, cfg.budget))
     budget.check_tasks(len(stream))
     memory = build_memory(cfg, device, run_dir)
@@ -416,6 +430,16 @@ class Run:
                       f"cached in {p['features_cache']}"))
             line = (f"features: conv5 {p['extractor_weights']} (sha256 "
                     f"{p['extractor_sha256'][:12]}), {how}")
+            log.info(line)
+            self.console.say(line)
+        if "weights" in provenance:
+            p = provenance
+            line = f"weights: {p['weights']}"
+            if "weights_cache" in p:
+                how = "read from" if p["weights_cache_hit"] else "pretrained now, cached in"
+                line += (f" ({how}"
+                         f" {p['weights_cache']}; test accuracy on the pretraining classes "
+                         f"{100 * p['pretrain_test_acc']:.2f} %)")
             log.info(line)
             self.console.say(line)
         if provenance.get("features_cache_error"):

@@ -6,7 +6,7 @@ a split benchmark owns the contiguous logits [t*k, (t+1)*k).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,13 +24,33 @@ def split_stream(
     class_order: list[int] | None = None,
     shuffle_classes: bool = False,
     class_seed: int = 0,
+    classes: list[int] | None = None,
     root: str | Path | None = None,
     download: bool = False,
 ) -> TaskStream:
-    """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL)."""
-    return split_dataset(load_dataset(dataset, root, download), name=name, dataset=dataset,
-                         n_tasks=n_tasks, class_order=class_order,
-                         shuffle_classes=shuffle_classes, class_seed=class_seed)
+    """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL).
+    `classes`: only these original labels, relabelled 0..len-1 in the given order (e.g.
+    CIFAR-100's 0-49 when a backbone was pretrained on 50-99)."""
+    data = load_dataset(dataset, root, download)
+    if classes is not None:
+        data = keep_classes(data, list(classes))
+    return split_dataset(data, name=name, dataset=dataset, n_tasks=n_tasks,
+                         class_order=class_order, shuffle_classes=shuffle_classes,
+                         class_seed=class_seed)
+
+
+def keep_classes(data: ArrayDataset, classes: list[int]) -> ArrayDataset:
+    """`data` restricted to the original labels `classes`, relabelled by their position."""
+    n = int(data.train_y.max()) + 1
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= n:
+        raise ValueError(f"benchmark.classes must be distinct labels in 0..{n - 1}, got "
+                         f"{list(classes)}")
+    lookup = torch.full((n,), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    train_y, test_y = lookup[data.train_y], lookup[data.test_y]
+    tr, te = train_y >= 0, test_y >= 0
+    return replace(data, train_x=data.train_x[tr], train_y=train_y[tr],
+                   test_x=data.test_x[te], test_y=test_y[te])
 
 
 def split_dataset(
@@ -146,6 +166,7 @@ class SplitBenchmarkConf:
     class_order: list[int] | None = None
     shuffle_classes: bool = False
     class_seed: int = 0
+    classes: list[int] | None = None  # only these original labels (relabelled 0..len-1)
     scenario: Scenario = Scenario.class_il
     augment: str = "none"
     val_fraction: float = 0.0  # of each task's training data held out for validation

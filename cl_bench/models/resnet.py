@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.models.pretrained import PretrainConf
 from cl_bench.schemas import schema
 
 
@@ -89,6 +90,9 @@ class ReducedResNetConf:
     _target_: str = "cl_bench.models.resnet.ReducedResNet18"
     name: str = "resnet18_reduced"
     nf: int = 20
+    weights: str | None = None  # null | pretrain | PATH (see models/pretrained.py)
+    frozen: bool = False  # freeze everything but the head (BatchNorm statistics too)
+    pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.01, epochs=8))
 
 
 @schema("model", "resnet18")
