@@ -189,12 +189,15 @@ def test_prompt_methods_need_a_vit():
 def test_freeze_backbone_trains_only_the_head_and_keeps_batchnorm_statistics():
     from cl_bench.models.resnet import ReducedResNet18
 
+    torch.manual_seed(0)
     net = ReducedResNet18((3, 8, 8), 4, nf=2)
+    net.bn1.running_mean.fill_(0.5)
+    x = torch.randn(4, 3, 8, 8) + 3
+    expected = net.eval()(x)
     freeze_backbone(net)
-    stats = net.bn1.running_mean.clone()
     net.train()
-    net(torch.randn(4, 3, 8, 8) + 3)
-    assert torch.equal(net.bn1.running_mean, stats) and not net.bn1.training
+    assert torch.allclose(net(x), expected, atol=1e-6)  # eval-mode statistics in training
+    assert torch.equal(net.bn1.running_mean, torch.full((2,), 0.5))
     assert [n for n, p in net.named_parameters() if p.requires_grad] == ["head.weight",
                                                                          "head.bias"]
 
@@ -310,6 +313,23 @@ def test_the_presets_compose():
         assert cfg.method.name == method and cfg.model.name == "vit"
         assert cfg.model.weights == "pretrain" and list(cfg.benchmark.classes) == list(range(50))
         assert list(cfg.model.pretrain.classes) == list(range(50, 100))
+    twf = compose_config(["experiment=twf_cifar100"])
+    assert (twf.method.name, twf.model.name, twf.model.weights, twf.memory.size) == (
+        "twf", "resnet18_reduced", "pretrain", 500)
     probe = compose_config(["experiment=probe_cifar100"])
     assert probe.model.frozen and "TaskLogitMask" in json.dumps(
         OmegaConf.to_container(probe.plugins))
+
+
+@pytest.mark.parametrize("name,cls", [("dualprompt", DualPrompt), ("coda_prompt", CodaPrompt)])
+def test_an_interrupted_prompt_run_resumes_to_the_same_result(tmp_path, monkeypatch, name, cls):
+    from conftest import interrupt_and_resume
+
+    summary, ref = interrupt_and_resume(
+        tmp_path, monkeypatch, cls,
+        ["benchmark=split_cifar100_b50", "model=vit", "model.patch=8", "model.dim=8",
+         "model.heads=2", "model.depth=4", f"method={name}", "optimizer=adam",
+         "budget.iters=3", "budget.batch_size=8", "eval.every=0"], stop_at=8)
+    assert summary["train_flops"] == ref["train_flops"]
+    if name == "dualprompt":
+        assert summary["task_select_acc"] == ref["task_select_acc"]

@@ -153,16 +153,19 @@ def prepare(model: nn.Module, model_cfg: DictConfig, *, build: Callable[[int], n
 
 
 def freeze_backbone(model: nn.Module) -> None:
-    """Everything but `model.head` stops training; BatchNorm layers keep their statistics."""
+    """Everything but `model.head` stops training; BatchNorm layers become torchvision's
+    `FrozenBatchNorm2d` (their statistics stay as loaded, in training too)."""
     model.requires_grad_(False)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            from torchvision.ops import FrozenBatchNorm2d  # here: torchvision is slow to import
+
+            frozen = FrozenBatchNorm2d(m.num_features, eps=m.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(m, key).detach())
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, frozen)
     model.head.requires_grad_(True)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train = _stay_in_eval.__get__(m)
-
-
-def _stay_in_eval(self, mode: bool = True):
-    return nn.Module.train(self, False)
 
 
 def self_pretrained(model_cfg: DictConfig, *, build, data_root, cache_root, device):

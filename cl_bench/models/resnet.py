@@ -92,7 +92,7 @@ class ReducedResNetConf:
     nf: int = 20
     weights: str | None = None  # null | pretrain | PATH (see models/pretrained.py)
     frozen: bool = False  # freeze everything but the head (BatchNorm statistics too)
-    pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.01, epochs=8))
+    pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.002, epochs=8))
 
 
 @schema("model", "resnet18")
