@@ -68,10 +68,11 @@ def main() -> None:
               f"{cell(rows, 'task_select_acc')} | "
               f"{statistics.mean(r['train_flops'] for r in rows):.3e} | "
               f"{statistics.mean(r['wall_seconds'] for r in rows):.0f} s |")
-    for name, rows in results.items():
-        if rows[0].get("pretrain_test_acc") is not None:
-            print(f"\n{name}: backbone {rows[0]['weights_cache']}, test accuracy on the "
-                  f"pretraining classes {100 * rows[0]['pretrain_test_acc']:.2f} %")
+    backbones = {r["weights_cache"]: r["pretrain_test_acc"] for rows in results.values()
+                 for r in rows if r.get("pretrain_test_acc") is not None}
+    for path, acc in backbones.items():
+        print(f"\nbackbone {Path(path).name}: test accuracy on its pretraining classes "
+              f"{100 * acc:.2f} %")
 
 
 if __name__ == "__main__":

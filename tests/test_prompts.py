@@ -333,3 +333,19 @@ def test_an_interrupted_prompt_run_resumes_to_the_same_result(tmp_path, monkeypa
     assert summary["train_flops"] == ref["train_flops"]
     if name == "dualprompt":
         assert summary["task_select_acc"] == ref["task_select_acc"]
+
+
+def test_benchmark_classes_keeps_those_labels_in_their_order(tmp_path):
+    from cl_bench.data.benchmarks import split_stream
+
+    root = _fake_cifar100(tmp_path / "data")
+    stream = split_stream(name="x", dataset="cifar100", n_tasks=2, classes=[7, 3, 99, 0],
+                          root=root)
+    assert stream.n_classes == 4 and len(stream.tasks) == 2
+    # the fake images carry their original label in one pixel (label * 2)
+    for task, originals in zip(stream.tasks, ([7, 3], [99, 0]), strict=True):
+        for y, original in zip(task.classes, originals, strict=True):
+            pixels = task.train_x[task.train_y == y][:, 0, 0, 0]
+            assert len(pixels) == 4 and (pixels == 2 * original).all()
+    with pytest.raises(ValueError, match="benchmark.classes"):
+        split_stream(name="x", dataset="cifar100", n_tasks=1, classes=[3, 3], root=root)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cl_bench.data.benchmarks import SplitBenchmarkConf, split_dataset
+from cl_bench.data.benchmarks import SplitBenchmarkConf, keep_classes, split_dataset
 from cl_bench.data.datasets import ArrayDataset, load_dataset
 from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
@@ -114,6 +114,9 @@ def feature_stream(*, weights: str | Path, cache: str, dataset: str, root: str |
             cache_error = (f"the conv5 features could not be cached in {path} ({err}); set "
                            "cache.root (or CLBENCH_CACHE) to a folder you can write")
     featured = replace(data, train_x=feats[0][:, :, None, None], test_x=feats[1][:, :, None, None])
+    classes = split.pop("classes", None)
+    if classes is not None:
+        featured = keep_classes(featured, list(classes))
     stream = split_dataset(featured, dataset=dataset, **split)
     provenance = {
         "extractor_weights": str(weights),
