@@ -63,7 +63,7 @@ class PromptMethod(Method):
         chosen = self.model.chosen
         if chosen is None or len(chosen) != len(task_ids):
             return
-        n_prompts = self.n_prompts()
+        n_prompts = len(self.model.keys)
         if self._trained_since or self._use is None:
             self._use = torch.zeros(self.class_mask.shape[0], n_prompts, device=task_ids.device)
             self._trained_since = False
@@ -71,9 +71,6 @@ class PromptMethod(Method):
         self._use.view(-1).index_add_(0, (rows * n_prompts + chosen).flatten(),
                                       torch.ones(chosen.numel(), device=task_ids.device))
         self.model.chosen = None
-
-    def n_prompts(self) -> int:
-        return len(self.model.keys)
 
     def summary(self) -> dict:
         out = super().summary()
