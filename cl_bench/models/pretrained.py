@@ -56,13 +56,21 @@ class PretrainConf:
     auto: bool = True  # pretrain when the cache has no weights (false: stop and say how)
 
 
+@dataclass
+class PretrainedModelConf:
+    """The keys of `model.weights` a model schema inherits (the runner reads them)."""
+    weights: str | None = None  # null | pretrain | timm:<name> | PATH
+    frozen: bool = False  # freeze everything but the head (a linear probe)
+    pretrain: PretrainConf = field(default_factory=PretrainConf)
+
+
 class WeightsMissing(UserError):
     """The self-pretrained weights are not cached and `model.pretrain.auto=false`."""
 
 
 def _arch(model_cfg: DictConfig) -> dict:
     own = OmegaConf.to_container(model_cfg, resolve=True)
-    return {k: v for k, v in own.items() if k not in ("weights", "frozen", "pretrain")}
+    return {k: v for k, v in own.items() if k == "name" or k not in RUNNER_KEYS}
 
 
 def _pretrain_settings(model_cfg: DictConfig) -> dict:
@@ -135,16 +143,14 @@ def prepare(model: nn.Module, model_cfg: DictConfig, *, build: Callable[[int], n
         return {}
     spec = model_cfg.get("weights")
     info: dict = {}
-    if spec is None:
-        pass
-    elif spec == "pretrain":
+    if spec == "pretrain":
         state, info = self_pretrained(model_cfg, build=build, data_root=data_root,
                                       cache_root=cache_root, device=device)
         load_backbone(model, state, spec)
     elif str(spec).startswith("timm:"):
         load_backbone(model, timm_state(str(spec)[5:]), spec)
         info = {"weights": spec}
-    else:
+    elif spec is not None:
         load_backbone(model, file_state(str(spec)), spec)
         info = {"weights": str(spec)}
     if model_cfg.get("frozen", False):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.models.pretrained import PretrainConf
+from cl_bench.models.pretrained import PretrainConf, PretrainedModelConf
 from cl_bench.schemas import schema
 
 
@@ -86,12 +86,10 @@ class ResNet18(nn.Module):
 
 @schema("model", "resnet18_reduced")
 @dataclass
-class ReducedResNetConf:
+class ReducedResNetConf(PretrainedModelConf):
     _target_: str = "cl_bench.models.resnet.ReducedResNet18"
     name: str = "resnet18_reduced"
     nf: int = 20
-    weights: str | None = None  # null | pretrain | PATH (see models/pretrained.py)
-    frozen: bool = False  # freeze everything but the head (BatchNorm statistics too)
     pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.002, epochs=8))
 
 

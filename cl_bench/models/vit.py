@@ -5,14 +5,14 @@ checkpoint of the same shape loads as it is (`model.weights=timm:<name>`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.budget.flops import register_flops
-from cl_bench.models.pretrained import PretrainConf
+from cl_bench.models.pretrained import PretrainedModelConf
 from cl_bench.schemas import schema
 
 
@@ -153,7 +153,7 @@ def _init(m: nn.Module) -> None:
 
 @schema("model", "vit")
 @dataclass
-class ViTConf:
+class ViTConf(PretrainedModelConf):
     _target_: str = "cl_bench.models.vit.ViT"
     name: str = "vit"
     patch: int = 4
@@ -162,6 +162,3 @@ class ViTConf:
     heads: int = 4
     mlp_ratio: float = 4.0
     resize: int | None = None
-    weights: str | None = None  # null | pretrain | timm:<name> | PATH (see models/pretrained.py)
-    frozen: bool = False  # freeze everything but the head (a linear probe)
-    pretrain: PretrainConf = field(default_factory=PretrainConf)
