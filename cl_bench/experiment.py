@@ -1,4 +1,5 @@
-"""Builds the parts of a run from its config and runs the task loop."""
+"""Runs one experiment: the run directory, signals, checkpoints, the task loop and the
+summary. Its parts are built by `cl_bench.build` (re-exported here by their old names)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,32 @@ import importlib.metadata
 import logging
 import math
 import platform
-import random
 import resource
 import shutil
 import signal
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 import cl_bench
-from cl_bench.budget.budget import Budget
-from cl_bench.budget.flops import FlopCounter
+from cl_bench.build import (  # noqa: F401  (the old import names of the parts' builders)
+    Parts,
+    build_memory,
+    build_model,
+    build_parts,
+    build_plugins,
+    build_stream,
+    instantiate_part,
+    resolve_device,
+    scenario_of,
+    seed_everything,
+)
 from cl_bench.checkpoint import (
     CorruptCheckpoint,
     load_checkpoint,
@@ -34,27 +42,14 @@ from cl_bench.checkpoint import (
     set_rng_state,
 )
 from cl_bench.config import check_config
-from cl_bench.data.modes import (
-    blur,
-    budget_overrides,
-    check_stream,
-    required_modes,
-    sees_labels,
-)
-from cl_bench.data.stream import Task, TaskStream, carve_validation
-from cl_bench.data.transforms import Preprocess
-from cl_bench.errors import ConfigError, describe, user_error
+from cl_bench.data.modes import sees_labels
+from cl_bench.data.stream import Task
+from cl_bench.errors import describe, user_error
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
 from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger, write_summary
-from cl_bench.memory.base import Memory
-from cl_bench.methods.base import Method
 from cl_bench.metrics.accuracy import all_metrics
-from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
-from cl_bench.models.pretrained import RUNNER_KEYS
-from cl_bench.models.pretrained import prepare as prepare_weights
-from cl_bench.plugins.stability_gap import NMCHead
 
 log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
 log.addHandler(logging.NullHandler())
@@ -95,25 +90,6 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu or auto")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps but this torch has no usable MPS (Apple GPU) backend; "
-                          "use device=cpu or auto")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~1 s
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
 def identity(cfg: DictConfig) -> dict:
     """The keys that identify a run, then every resolved config key by dotted name."""
     flat = resolved_flat(cfg)
@@ -141,102 +117,6 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def scenario_of(cfg: DictConfig) -> str:
-    return str(cfg.scenario.value if hasattr(cfg.scenario, "value") else cfg.scenario)
-
-
-def build_stream(cfg: DictConfig) -> TaskStream:
-    """The benchmark's stream, with each task's validation split (`benchmark.val_fraction`
-    of its training data, drawn with the run's seed) held out."""
-    stream = instantiate_part(cfg.benchmark, ("scenario", "augment", "val_fraction"),
-                              root=cfg.data.root, download=cfg.data.download)
-    stream = carve_validation(stream, cfg.benchmark.get("val_fraction", 0.0), cfg.seed)
-    scenario = scenario_of(cfg)
-    if scenario not in stream.scenarios:
-        raise ValueError(
-            f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "
-            f"it supports {list(stream.scenarios)}"
-        )
-    return stream
-
-
-@dataclass
-class Parts:
-    """What a run is made of, built from its config by `build_parts`."""
-
-    stream: TaskStream
-    device: torch.device
-    method: Method
-    memory: Memory
-    budget: Budget
-    counter: FlopCounter
-    evaluator: Evaluator
-    stream_mode: DictConfig
-
-
-def instantiate_part(node: DictConfig, runner_keys: tuple[str, ...] = ("name",), **kwargs):
-    """`instantiate(node)` without the keys the runner reads itself (`name` identifies
-    the option; a benchmark's `scenario` and `augment` configure the runner), so the
-    part's constructor sees exactly its own options and rejects anything else."""
-    own = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-           if k not in runner_keys}
-    return instantiate(own, **kwargs)
-
-
-def build_model(model_cfg: DictConfig, input_shape, n_classes: int) -> nn.Module:
-    """The model of `model_cfg` (random weights; `prepare_weights` loads `model.weights` of
-    the models with a `pretrain` node; conv5_frozen reads its own `weights` file)."""
-    keys = RUNNER_KEYS if "pretrain" in model_cfg else ("name",)
-    return instantiate_part(model_cfg, keys, input_shape=input_shape, n_classes=n_classes)
-
-
-def build_memory(cfg: DictConfig, device, run_dir: Path) -> Memory:
-    """The memory of `cfg`; one that keeps files (carousel) gets the run directory."""
-    stores_files = get_class(cfg.memory._target_).stores_files
-    return instantiate_part(cfg.memory, device=device, seed=cfg.seed,
-                            **({"run_dir": str(run_dir)} if stores_files else {}))
-
-
-def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None) -> Parts:
-    """The stream (unless given: `clbench-tune` builds one per attempt over one stream),
-    model (inside the method), memory, plugins, method, budget with its FLOP counter, and
-    evaluator of `cfg`, in an order that fixes their RNG draws. The stream mode
-    (`cfg.stream`) blurs the tasks' training sets, sizes a single-pass budget and is
-    checked against what the method and plugins support."""
-    if cfg.eval.every < 0:
-        raise ValueError(f"eval.every must be >= 0 (0 turns continual evaluation off), "
-                         f"got {cfg.eval.every}")
-    check_stream(cfg.stream)
-    device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
-    stream = stream if stream is not None else build_stream(cfg)
-    stream = blur(stream, cfg.stream.width, cfg.seed)
-    preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
-    class_mask = stream.class_mask(device)
-    model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
-    weights = prepare_weights(
-        model, cfg.model, build=lambda n: build_model(cfg.model, stream.input_shape, n),
-        data_root=cfg.data.root, cache_root=cfg.cache.root, device=device)
-    if weights:
-        stream = replace(stream, provenance={**stream.provenance, **weights})
-    budget = instantiate_part(cfg.budget, **budget_overrides(cfg.stream, cfg.budget))
-    budget.check_tasks(len(stream))
-    memory = build_memory(cfg, device, run_dir)
-    plugins = [instantiate_part(node, ()) for node in cfg.plugins.values()]
-    if getattr(model, "head_kind", "linear") == "nmc":  # model.head=nmc: predict by class means
-        plugins.append(NMCHead(bank_size=max(memory.size, 500)))
-    method = instantiate_part(
-        cfg.method, (), model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
-        preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
-        counter=budget.counter, plugins=plugins,
-    )
-    method.check_stream(required_modes(cfg.stream), cfg.stream.name)
-    method.output_dir = run_dir
-    evaluator = Evaluator(stream, preprocess, class_mask, budget.counter, device,
-                          probe_size=cfg.eval.probe_size, batch_size=cfg.eval.batch_size,
-                          seed=cfg.seed, precision=cfg.eval.precision)
-    return Parts(stream, device, method, memory, budget, budget.counter, evaluator, cfg.stream)
 
 
 @dataclass
@@ -451,7 +331,8 @@ class Run:
         method = parts.method
         method.model.eval()
         result = {s: acc.tolist() for s, acc in
-                  score(method.predict, task_aware=method.predict_needs_task_ids).items()}
+                  score(method.predict, task_aware=method.predict_needs_task_ids,
+                        reveal=method.reveal_task_ids).items()}
         method.model.train()
         if continual:
             self.state.eval_seconds += time.perf_counter() - t0
@@ -473,8 +354,9 @@ class Run:
         if mode.boundaries:
             method.begin_task(task)
         data = method.train_data(task)
-        method.task_steps = parts.budget.steps_per_task(len(data))
-        self.console.start_task(task.id, len(parts.stream), method.task_steps)
+        steps = parts.budget.steps_per_task(len(data))
+        method.plan_task(steps)
+        self.console.start_task(task.id, len(parts.stream), steps)
         window = LossWindow(parts.device)
         t_task, eval_before = time.perf_counter(), state.eval_seconds
         t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
@@ -486,8 +368,6 @@ class Run:
                 method.see_labels(batch.y)
             window.add(method.observe(batch))
             state.step += 1
-            if mode.consolidate_every and state.step % mode.consolidate_every == 0:
-                method.trigger_consolidation()
             self.stops.check()
             if state.step % train_every == 0:
                 self._flush_train(task.id, window, parts.counter, t_start)
@@ -583,7 +463,7 @@ class LossWindow:
     def reset(self) -> None:
         self.total = torch.zeros((), device=self.device)
         self.terms: dict[str, torch.Tensor] = {}
-        self.logged: dict[str, torch.Tensor] = {}  # a method's `step_log`, by name
+        self.logged: dict[str, torch.Tensor] = {}  # a step's `ctx.log`, by name
         self.logged_n: dict[str, int] = {}  # steps that logged it
         self.n = 0
 

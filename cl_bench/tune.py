@@ -354,7 +354,8 @@ class TuneRun(Run):
             method.model.eval()
             acc = parts.evaluator.task_accuracy(
                 method.predict, here.val_x, here.val_y, task.id,
-                task_aware=method.predict_needs_task_ids)[self.summary["scenario"]]
+                task_aware=method.predict_needs_task_ids,
+                reveal=method.reveal_task_ids)[self.summary["scenario"]]
             method.model.train()
         except FloatingPointError:  # the loss diverged at this lr
             acc, diverged = float("nan"), True

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import cl_bench.experiment as experiment
+import cl_bench.build as build
 from cl_bench.budget.budget import Budget
 from cl_bench.budget.flops import FlopCounter
 from cl_bench.data.batch import Batch
@@ -197,7 +197,7 @@ def test_data_removal_shortens_an_epoch_budget_as_planned(monkeypatch, run_job):
     # 60 samples, batches of 10, 5 epochs: 30 planned steps; 10 samples leave after step 6
     # (end of epoch 1) and 10 after step round(0.37 * 30) = 11 (end of epoch 2):
     # 6 + 5 + 3 x 4 = 23 steps, each of 10 samples, so 23/30 of the FLOPs
-    monkeypatch.setattr(experiment, "build_stream", lambda cfg: tiny_stream())
+    monkeypatch.setattr(build, "build_stream", lambda cfg: tiny_stream())
     common = ["budget.epochs=5", "budget.batch_size=10",
               "eval.every=0"]
     base, _ = run_job(*common)

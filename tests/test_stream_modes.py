@@ -40,7 +40,7 @@ def spy(monkeypatch):
 
     monkeypatch.setattr(Method, "observe", observing)
     for cls in (Method, Plugin):
-        for phase in ("before_task", "after_task", "consolidate"):
+        for phase in ("before_task", "after_task"):
             def called(self, *args, _name=f"{cls.__name__}.{phase}"):
                 record["calls"].append(_name)
             monkeypatch.setattr(cls, phase, called)
@@ -71,21 +71,14 @@ def test_online_uses_every_training_sample_exactly_once(run_job, spy):
 
 
 def test_task_free_never_announces_boundaries_but_tracks_seen_classes(run_job, spy):
-    summary, run_dir = run_job("stream=task_free", "plugin=[soft_targets]",
-                               "stream.consolidate_every=20", *QUICK)
+    summary, run_dir = run_job("stream=task_free", "plugin=[soft_targets]", *QUICK)
     calls = Counter(spy["calls"])
     assert not any(k.endswith(("before_task", "after_task")) for k in calls)
-    assert calls["Method.consolidate"] == calls["Plugin.consolidate"] == summary["steps"] // 20
     seen_labels = torch.zeros(10, dtype=torch.bool)
-    for step, ((_, y, _), (seen, old)) in enumerate(zip(spy["batches"], spy["seen"],
-                                                        strict=True)):
-        prior = seen_labels.clone()
+    for (_, y, _), (seen, old) in zip(spy["batches"], spy["seen"], strict=True):
         seen_labels[y] = True
         assert torch.equal(seen.cpu(), seen_labels)  # the batch's classes count before its step
-        if step < 20:
-            assert not old.any()  # nothing consolidated yet
-        elif step % 20 == 0:
-            assert torch.equal(old.cpu(), prior)  # old = seen at the last consolidation
+        assert not old.any()  # no boundary: no class is old
     assert seen_labels.all()
     assert len(pd.read_csv(run_dir / "acc_matrix.csv")) == 5 * 5  # the benchmark's tasks
 
@@ -212,7 +205,7 @@ def test_anytime_accuracy_is_the_mean_of_the_curve_rows(run_job):
 def test_task_free_run_resumes_with_its_seen_classes(tmp_path, monkeypatch, spy):
     summary, ref = interrupt_and_resume(
         tmp_path, monkeypatch, Method,
-        ["stream=blurry", "stream.boundaries=false", "stream.consolidate_every=13",
+        ["stream=blurry", "stream.boundaries=false",
          "method=er", "memory=reservoir", "memory.size=50", "eval.every=0"], stop_at=70)
     n = ref["steps"]
     resumed = spy["seen"][n + 69:]  # after the reference and the interrupted run's steps

@@ -8,8 +8,7 @@ method. The benchmark's tasks still define evaluation (the accuracy matrix, the 
   Anytime accuracy comes from the continual evaluation every `eval.every` steps.
 * `task_free` (van de Ven et al.'s task-free protocol, GMvandeVen/continual-learning
   `main_task_free.py`): the method is never told where boundaries are; the classes seen
-  so far are tracked from the batches' labels, and a method that consolidates does so
-  every `stream.consolidate_every` steps (`Method.consolidate`).
+  so far are tracked from the batches' labels.
 * `blurry` (after van de Ven's fuzzy boundaries): neighbouring tasks exchange a fraction
   of their training samples, see `blur`.
 """
@@ -35,7 +34,6 @@ class StreamConf:
     single_pass: bool = False  # every training sample exactly once (online)
     batch_size: int | None = None  # with single_pass; null: budget.batch_size
     width: float = 0.0  # blurry: fraction of a task length mixed around each boundary
-    consolidate_every: int | None = None  # steps between Method.consolidate calls
 
 
 def check_stream(conf) -> None:
@@ -46,10 +44,8 @@ def check_stream(conf) -> None:
     if not 0 <= conf.width < 1:
         raise ConfigError(f"stream.width must be in [0, 1) (the fraction of a task length "
                           f"mixed around each boundary), got {conf.width}")
-    for key in ("batch_size", "consolidate_every"):
-        value = conf[key]
-        if value is not None and value < 1:
-            raise ConfigError(f"stream.{key} must be >= 1 (or null), got {value}")
+    if conf.batch_size is not None and conf.batch_size < 1:
+        raise ConfigError(f"stream.batch_size must be >= 1 (or null), got {conf.batch_size}")
 
 
 def is_default(conf) -> bool:

@@ -7,13 +7,14 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench import contract
 from cl_bench.budget.flops import FlopCounter
+from cl_bench.contract import RunContext
 from cl_bench.data.batch import Batch
 from cl_bench.data.stream import Task
 from cl_bench.data.transforms import Preprocess
@@ -44,6 +45,11 @@ class Method(metaclass=_BuildAfterInit):
     """Base class of every method: owns the model, its optimiser, the memory, the plugins
     and the optimisation step.
 
+    The runner calls only the entry points, which no subclass may override (checked when
+    the class is defined): `begin_task`, `observe`, `end_task`, `skip_task`, `predict`,
+    `reveal_task_ids`, `see_labels`, and the helper `cross_entropy`. Each runs the
+    method's phase and the plugins' in the order of the README's "Composition contract".
+
     Phases a method overrides (each optional):
       `wrap_model(model)`   model surgery (after the plugins'), before the optimiser is
                             built over the trainable parameters and the counter attaches;
@@ -51,24 +57,26 @@ class Method(metaclass=_BuildAfterInit):
       `loss(batch) -> {term: tensor}` (summed; each term logged as `loss_<term>`),
       `after_backward(batch)` (between backward and step: projections, gradient masks),
       `after_step(batch)` (memory updates, masks re-applied), `after_task(task)`,
-      `resume_task(task)` (a task a resumed run had completed), `consolidate()` (every
-      `stream.consolidate_every` steps: the boundary-free stand-in for `after_task`),
-      `predict(x, task_ids=None)` (set `predict_needs_task_ids` to get task ids in task-IL).
-    The runner drives it through `begin_task`, `observe`, `end_task` and `skip_task`, and
-    sets `task_steps`, the planned steps of the current task (`Budget.steps_per_task` of
-    its training data), after `train_data` and before the first step. The budget draws
-    batches from the samples `active_samples(n)` keeps (the plugins' masks ANDed; they may
-    shrink it during a task) and each training batch carries their positions in
-    `batch.sample`. By convention a method's first `self.forward` of a step starts with
-    the current batch (finetune, ER's `batch.cat(replayed)`, DER, DER++), so
-    `batch_logits(batch)` gives plugins that step's logits of the batch.
+      `resume_task(task)` (a task a resumed run had completed),
+      `before_batch(batch)` / `after_batch(batch)` around the `steps_per_batch`
+      optimisation steps of one batch (1; MMKDDA's inner steps),
+      `predict_logits(x, task_ids=None)` (set `predict_needs_task_ids` to get task ids in
+      task-IL), `loss_logits(logits, task_ids)` (the logits `cross_entropy` scores: in
+      task-IL the sample's own task's classes), `see_task_ids(task_ids)` (the true task ids
+      of the batch `predict` just scored, to score a task inference; never a prediction).
+    What the runner tells the method beyond the phases' arguments, and what a step tells
+    the plugins, is in `self.ctx` (a `RunContext`): the task's planned steps
+    (`task_steps`), the step's logits of the current batch (`batch_logits`), the step's
+    logged numbers (`ctx.log`) and the run directory's file sink (`ctx.artifacts`).
     A method declares the stream modes it runs in (`supported_streams`, see
     `cl_bench.data.modes`): `task_free` only where `before_task`/`after_task` do nothing
     it needs, since a task-free stream never calls them; there the runner tracks the
     classes seen from the batches' labels (`see_labels`) instead.
-    A method declares the memory capabilities it needs in `memory_needs` (checked here),
-    tags FLOPs with `self.flops(name)`, and may add auxiliary networks with their own
-    optimiser (`add_auxiliary`), which the base steps with the model.
+    A method declares the memory capabilities it needs in `memory_needs`, what it offers
+    plugins in `provides` (see `cl_bench.contract`) and what it needs of the run in
+    `needs` (e.g. `planned_steps`), all checked before training; it tags FLOPs with
+    `self.flops(name)`, and may add auxiliary networks with their own optimiser
+    (`add_auxiliary`), which the base steps with the model.
     """
 
     supported_scenarios: tuple[str, ...] = ("class_il", "task_il", "domain_il")
@@ -76,6 +84,14 @@ class Method(metaclass=_BuildAfterInit):
     memory_needs: frozenset[str] = frozenset()
     memory_hint = "choose e.g. memory=reservoir memory.size=500"  # the fix, when it lacks them
     predict_needs_task_ids = False
+    provides: frozenset[str] = contract.METHOD_DEFAULT
+    needs: frozenset[str] = frozenset()  # of the run: `planned_steps` (cl_bench.contract)
+    steps_per_batch = 1  # optimisation steps per training batch
+    inner_flops = "inner"  # FLOP component of a batch's steps after its first
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        contract.check_final(cls, Method, contract.METHOD_ENTRY_POINTS)
     # constructor arguments that trade plasticity for stability (`clbench-tune` decays
     # them; config keys `method.<knob>`)
     stability_knobs: tuple[str, ...] = ()
@@ -125,13 +141,9 @@ class Method(metaclass=_BuildAfterInit):
         self.seen_mask = torch.zeros(n_classes, dtype=torch.bool, device=class_mask.device)
         self.old_mask = self.seen_mask.clone()  # classes of tasks before the current one
         self._auxiliary: dict[str, tuple[nn.Module, Callable | None]] = {}
-        self._last_forward: tuple | None = None  # (batch, inputs, logits) of this step
-        self._step_logits: torch.Tensor | None = None  # of the step's first forward
-        # numbers a step logs beside its loss terms (train.csv columns by name, averaged
-        # over the steps that set them); device tensors, so no host sync
-        self.step_log: dict[str, torch.Tensor] = {}
-        self.task_steps = 0  # planned steps of the current task (set by the runner)
-        self.output_dir: Path | None = None  # the run directory, for figures (set by the runner)
+        self.ctx = RunContext(self.name)
+        self.predict_needs_task_ids = self.predict_needs_task_ids or any(
+            p.predict_needs_task_ids for p in self.plugins)
 
     def add_auxiliary(self, name: str, module: nn.Module,
                       optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
@@ -140,6 +152,7 @@ class Method(metaclass=_BuildAfterInit):
         self._auxiliary[name] = (module, optimizer)
 
     def _build(self) -> None:
+        contract.check_pairs(self)
         for plugin in self.plugins:
             plugin.setup(self)
         for plugin in self.plugins:
@@ -154,6 +167,16 @@ class Method(metaclass=_BuildAfterInit):
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
+
+    @property
+    def task_steps(self) -> int:
+        """The current task's planned steps (`ctx.task_steps`; a clear error where the
+        budget plans none, under `budget.match`)."""
+        return self.ctx.planned_steps()
+
+    @task_steps.setter
+    def task_steps(self, steps: int | None) -> None:
+        self.ctx.task_steps = steps
 
     def reset_optimizer(self) -> None:
         """A fresh optimiser over the trainable parameters (e.g. after re-initialising)."""
@@ -175,14 +198,6 @@ class Method(metaclass=_BuildAfterInit):
         hold classes the announced task does not: task-free, blurry)."""
         self.seen_mask[y] = True
 
-    def trigger_consolidation(self) -> None:
-        """A consolidation point of a boundary-free stream: the classes seen so far become
-        the old ones, then the method's and the plugins' `consolidate`."""
-        self.old_mask = self.seen_mask.clone()
-        self.consolidate()
-        for plugin in self.plugins:
-            plugin.consolidate()
-
     def check_stream(self, modes: set[str], stream: str) -> None:
         """Fails before training unless the method and every plugin support `modes` (see
         `cl_bench.data.modes.required_modes`)."""
@@ -198,15 +213,41 @@ class Method(metaclass=_BuildAfterInit):
                     + ("; its before_task/after_task do work a task-free stream never "
                        "calls" if "task_free" in missing else ""))
 
+    def check_budget(self, planned: bool, why: str = "budget.match") -> None:
+        """Fails before training when the method or a plugin schedules by the task's
+        planned steps and the budget plans none (`planned` false)."""
+        contract.check_planned_steps(self, planned, why)
+
+    def plan_task(self, steps: int | None) -> None:
+        """The runner: the planned steps of the task about to train (None: not planned,
+        under `budget.match`), after `train_data` and before its first step."""
+        self.ctx.task_steps = steps
+
     def observe(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One optimisation step: zero_grad -> loss terms -> backward -> after_backward ->
-        step -> after_step. Returns the detached total `loss`, when there are several, the
-        `terms`, and what the step put in `step_log` as `logged` (no host sync here)."""
+        """One training batch: `before_batch`, `steps_per_batch` optimisation steps (the
+        ones after the first counted as FLOP component `inner_flops`), `after_batch`.
+        Returns the last step's detached total `loss`, when there are several, the
+        `terms`, and what it put in `ctx.log` as `logged` (no host sync here)."""
+        self.before_batch(batch)
+        for inner in range(self.steps_per_batch):
+            self.ctx.inner = inner
+            if inner:
+                with self.flops(self.inner_flops):
+                    out = self._optimisation_step(batch)
+            else:
+                out = self._optimisation_step(batch)
+        self.ctx.inner = 0
+        self.after_batch(batch)
+        return out
+
+    def _optimisation_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """zero_grad -> loss terms (method's, then plugins') -> backward -> after_backward
+        (method's, then plugins') -> step -> after_step (method's, then plugins')."""
+        ctx = self.ctx
         optimizers = [self.optimizer, *self.aux_optimizers.values()]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        self._step_logits = None
-        self.step_log = {}
+        ctx.start_step()
         terms = self.loss(batch)
         for plugin in self.plugins:
             terms.update(plugin.loss(batch))
@@ -223,13 +264,13 @@ class Method(metaclass=_BuildAfterInit):
             out = {"loss": total.detach()}
             if len(terms) > 1:
                 out["terms"] = {k: v.detach() for k, v in terms.items()}
-        self._last_forward = None  # frees the step's graph
+        ctx.last_forward = None  # frees the step's graph
         self.after_step(batch)
         for plugin in self.plugins:
             plugin.after_step(batch)
-        self._step_logits = None
-        if self.step_log:
-            out["logged"] = {k: v.detach() for k, v in self.step_log.items()}
+        ctx.logits = None
+        if ctx.log:
+            out["logged"] = {k: v.detach() for k, v in ctx.log.items()}
         return out
 
     def end_task(self, task: Task) -> None:
@@ -259,12 +300,21 @@ class Method(metaclass=_BuildAfterInit):
         return {k: v for p in self.plugins for k, v in p.summary().items()}
 
     def predict(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over all classes for a preprocessed batch (a plugin may replace them)."""
+        """Logits over all classes for a preprocessed batch: the plugin's that replaces
+        the prediction (at most one, on a method that predicts with its model's output:
+        checked at build), else the method's `predict_logits`."""
         for plugin in self.plugins:
             logits = plugin.predict(x, task_ids)
             if logits is not None:
                 return logits
-        return self.model(x)
+        return self.predict_logits(x, task_ids)
+
+    def reveal_task_ids(self, task_ids: torch.Tensor) -> None:
+        """The evaluator: the true task ids of the batch `predict(x)` just scored (the
+        method's `see_task_ids`, then the plugins')."""
+        self.see_task_ids(task_ids)
+        for plugin in self.plugins:
+            plugin.see_task_ids(task_ids)
 
     def state_dict(self) -> dict:
         """Model, optimisers, memory and plugin state; subclasses add what else they hold."""
@@ -314,41 +364,58 @@ class Method(metaclass=_BuildAfterInit):
     def resume_task(self, task: Task) -> None:
         """Rebuild per-task state the checkpoint does not hold."""
 
-    def consolidate(self) -> None:
-        """Every `stream.consolidate_every` steps (task-free consolidation)."""
+    def before_batch(self, batch: Batch) -> None:
+        pass
+
+    def after_batch(self, batch: Batch) -> None:
+        pass
+
+    def predict_logits(self, x: torch.Tensor, task_ids: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """The method's prediction: logits over all classes of a preprocessed batch."""
+        return self.model(x)
+
+    def loss_logits(self, logits: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """The logits the classification loss scores: in task-IL the sample's own task's
+        classes (the others at -inf)."""
+        if self.scenario == "task_il":
+            return logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
+        return logits
+
+    def see_task_ids(self, task_ids: torch.Tensor) -> None:
+        """The true task ids of the batch the last `predict(x)` scored (evaluation)."""
 
     # -- helpers --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a uint8 training batch (normalised and augmented on the device)."""
+        """Logits of a uint8 training batch (normalised and augmented on the device). The
+        step's first call must start with the current batch (`batch.cat(replayed)`): its
+        logits are the step's `batch_logits`."""
         inputs = self.preprocess(x, train=True)
         logits = self.model(inputs)
-        self._last_forward = (x, inputs, logits)
-        if self._step_logits is None:
-            self._step_logits = logits.detach()
+        self.ctx.last_forward = (x, inputs, logits)
+        self.ctx.record_logits(logits)
         return logits
 
     def batch_logits(self, batch: Batch) -> torch.Tensor | None:
         """The detached logits of this step's training batch from the step's first
         forward (None before one ran); for plugins, in `loss` or `after_step`."""
-        if self._step_logits is None:
-            return None
-        return self._step_logits[: len(batch)]
+        return self.ctx.batch_logits(len(batch))
 
     def forward_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(model inputs, logits) of training batch `x` for a plugin: the method's own
         forward of this step when it ran on this very batch (a distillation plugin then
         costs no second pass, and sees the same augmentation), else a new forward."""
-        last = self._last_forward
+        last = self.ctx.last_forward
         if last is not None and last[0] is x:
             return last[1], last[2]
         inputs = self.preprocess(x, train=True)
         return inputs, self.model(inputs)
 
     def cross_entropy(self, logits, y, task_ids) -> torch.Tensor:
-        """The classification loss; in task-IL over the sample's own task's classes. A
-        plugin (e.g. soft targets) may replace it."""
-        if self.scenario == "task_il":
-            logits = logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
+        """The classification loss over `loss_logits` (in task-IL the sample's own task's
+        classes): the plugin's that replaces it (at most one, checked at build), else
+        cross-entropy."""
+        logits = self.loss_logits(logits, task_ids)
         for plugin in self.plugins:
             loss = plugin.classification_loss(logits, y, task_ids)
             if loss is not None:

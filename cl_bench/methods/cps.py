@@ -127,9 +127,6 @@ class CPS(TaskAware):
             self._prune()
 
     def _prune_at(self, k: int) -> int:
-        if not self.task_steps:
-            raise ValueError("method=cps prunes after a share of the task's planned steps and "
-                             "this task has none (budget.match): set budget.epochs or iters")
         start = (1 - self.retrain) * self.task_steps
         return max(1, round(start + k * self.retrain * self.task_steps / self.iters))
 
@@ -184,13 +181,13 @@ class CPS(TaskAware):
         return (logp.exp() * logp.nan_to_num(neginf=0.0)).sum(1)  # minus the entropy
 
     @torch.no_grad()
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         n = len(self.masks) if self.task < len(self.masks) else self.task + 1
         if task_ids is not None:
             if self._selected is not None and self._selected[0] is x:
                 self._hits += (self._selected[1] == task_ids).sum()
                 self._seen += len(task_ids)
-            return super().predict(x, task_ids)
+            return super().predict_logits(x, task_ids)
         if n == 0:
             return self.model(x)
         logits = torch.stack([self.forward_task(x, t) for t in range(n)])

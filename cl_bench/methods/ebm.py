@@ -43,9 +43,11 @@ class EBM(Method):
     or the joined batch's labels (`negatives=batch`). `replay_weight=task` weighs the
     current batch's mean loss 1/t and the replayed one 1 - 1/t, t the number of tasks begun
     (the reference's CIFAR-100 path; needs boundaries), `mean` takes one mean over both
-    (its split-MNIST path). `predict` gives -E(x, y) for every class (argmin energy),
+    (its split-MNIST path). `predict_logits` gives -E(x, y) for every class (argmin energy),
     unseen classes at -inf.
     """
+
+    provides = frozenset()  # energies of label pairs: no class logits, no cross-entropy
 
     supported_streams = ("task", "online", "task_free", "blurry")
 
@@ -131,7 +133,7 @@ class EBM(Method):
         if self.replay_batch_size:
             self.memory.add(batch)
 
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         """Energies of the seen classes only (their cost grows with the labels scored)."""
         seen = self.seen_mask.nonzero().squeeze(1)
         out = torch.full((len(x), len(self.seen_mask)), float("-inf"), device=x.device)

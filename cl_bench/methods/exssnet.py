@@ -57,6 +57,8 @@ class ExSSNeT(SupermaskMethod):
         self.mask_fraction, self.exclusive, self.kkt = mask_fraction, exclusive, kkt
         self.weight_lr = weight_lr
         self.knn_k, self.knn_samples = knn_k, knn_samples
+        if mask_fraction < 1:  # the weight phase starts at a share of the planned steps
+            self.needs = frozenset({"planned_steps"})
         self.task_scores: dict[int, list[torch.Tensor]] = {}
         self.kkt_choice: list[int] = []
         self.kkt_acc: list[list[float]] = []

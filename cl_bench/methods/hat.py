@@ -72,6 +72,8 @@ class HAT(TaskAware):
         self.thres_cosh, self.thres_emb, self.hard = thres_cosh, thres_emb, hard
         self.dense_layers = list(dense_layers)
         self._gates: list[torch.Tensor] = []
+        if anneal == "task":
+            self.needs = frozenset({"planned_steps"})
         super().__init__(**kw)
         self.step, self.s, self.n_train, self.per_epoch = 0, smax, 0, 1
 
@@ -135,9 +137,6 @@ class HAT(TaskAware):
 
     def _s_at(self, step: int, batch_len: int) -> float:
         if self.anneal == "task":
-            if not self.task_steps:
-                raise ValueError("method.anneal=task needs the task's planned steps "
-                                 "(budget.epochs or budget.iters, not budget.match)")
             return anneal_s(step, self.task_steps, self.smax)
         if step == 0:  # the task's first batch is a full one (the last may be short)
             self.per_epoch = max(1, math.ceil(self.n_train / batch_len))
@@ -181,7 +180,7 @@ class HAT(TaskAware):
             self.A[i] = torch.maximum(self.A[i], self._test_gates(e[task.id]))
 
     @torch.no_grad()
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         t = torch.full((len(x),), max(self.task, 0), device=x.device) \
             if task_ids is None else task_ids
         saved = self._gates

@@ -19,6 +19,7 @@ class ICaRL(Method):
     supported_scenarios = ("class_il", "task_il")
     memory_needs = frozenset({"select"})
     memory_hint = "choose memory=herding (exemplars herded on features)"
+    provides = frozenset({"class_logits", "step_logits"})  # its loss is BCE, not cross_entropy
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -32,8 +33,8 @@ class ICaRL(Method):
         return data.cat(self.memory.stored().to(data.y.device))
 
     def loss(self, batch):
-        inputs = self.preprocess(batch.x, train=True)
-        logits = self.model(inputs)
+        logits = self.forward(batch.x)
+        inputs, _ = self.forward_of(batch.x)
         target = F.one_hot(batch.y, logits.shape[1]).float()
         if self.old_model is not None:
             with torch.no_grad():
@@ -64,7 +65,7 @@ class ICaRL(Method):
         counts = torch.bincount(y, minlength=n_classes).unsqueeze(1)
         self.prototypes = F.normalize(sums / counts, dim=1)  # NaN rows: classes never seen
 
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         if self.prototypes is None:
             return self.model(x)
         feats = F.normalize(self.model.features(x).float(), dim=1)  # float under autocast too

@@ -76,8 +76,8 @@ class TaskAware(Method):
         super().__init__(**kw)
         self.task = -1  # the task being (or last) trained
 
-    def cross_entropy(self, logits, y, task_ids):
-        return F.cross_entropy(logits.masked_fill(~self.class_mask[task_ids], float("-inf")), y)
+    def loss_logits(self, logits, task_ids):
+        return logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
 
     def before_task(self, task):
         self.task = task.id
@@ -115,7 +115,7 @@ class TaskAware(Method):
         return sum(layer.weight.numel() for layer in self.layers.values())
 
     @torch.no_grad()
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         if task_ids is None:
             return self.forward_task(x, max(self.task, 0))
         tasks = task_ids.unique().tolist()  # evaluation only: one sync per batch

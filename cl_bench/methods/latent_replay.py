@@ -206,7 +206,7 @@ class LatentReplay(Method):
 
     def after_task(self, task):
         self.snapshot()
-        if self.save_samples and self.output_dir is not None:
+        if self.save_samples and self.ctx.artifacts.enabled:
             self.save_grid(task.id)
 
     def snapshot(self) -> None:
@@ -226,8 +226,6 @@ class LatentReplay(Method):
         if shape is None or len(shape) != 3 or shape[0] not in (1, 3) \
                 or self.view.dims[0] != shape[0] * shape[1] * shape[2]:
             return  # level 0 is not an image (e.g. conv features)
-        from torchvision.utils import save_image
-
         classes = self.active.nonzero().flatten().repeat_interleave(per_class)
         gen = torch.Generator(device=classes.device).manual_seed(task_id)
         self.counter.enabled = False
@@ -238,8 +236,8 @@ class LatentReplay(Method):
                 a0 = a0[logits.masked_fill(~self.active, float("-inf")).argmax(1).argsort()]
         self.counter.enabled = True
         img = (a0.view(-1, *shape) + self.preprocess.shift) / self.preprocess.scale / 255
-        save_image(img.clamp(0, 1), self.output_dir / f"samples_task{task_id}.png",
-                   nrow=per_class)
+        self.ctx.artifacts.save_image(f"samples_task{task_id}.png", img.clamp(0, 1),
+                                      nrow=per_class)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

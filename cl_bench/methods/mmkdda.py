@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -145,6 +144,7 @@ class MMKDDA(ER):
 
     supported_streams = ("task", "online", "blurry")
     stability_knobs = ("distill_weight",)
+    inner_flops = "meta"
 
     def __init__(self, distill_weight: float = 0.1, levels: list[str] | None = None,
                  scales: list[int] | None = None, distance: str = "l2", mix: str = "cutmix",
@@ -183,6 +183,7 @@ class MMKDDA(ER):
         self.scales, self.distance = scales, distance
         self.mix, self.mix_alpha, self.mix_fraction = mix, mix_alpha, mix_fraction
         self.mix_partner, self.inner_steps = mix_partner, inner_steps
+        self.steps_per_batch = inner_steps
         self.outer_schedule, self.outer_decay, self.outer_lr = (outer_schedule, outer_decay,
                                                                 outer_lr)
         self.n_tasks = self.class_mask.shape[0]
@@ -190,8 +191,8 @@ class MMKDDA(ER):
         self.teacher: torch.nn.Module | None = None
         self._levels = self._teacher_levels = None
         self.rng = random.Random(torch.initial_seed())  # lambda and boxes: no device sync
-        self._inner = 0
         self._step = None  # what the inner steps after the first reuse
+        self._start = None  # (parameters, their values) at the batch's start
 
     # -- the meta update -------------------------------------------------------------------
     def outer_step(self) -> float:
@@ -203,23 +204,21 @@ class MMKDDA(ER):
             return self.outer_lr / t
         return self.outer_lr
 
-    def observe(self, batch):
-        gamma = self.outer_step()
+    def before_batch(self, batch):
+        self._gamma = self.outer_step()
         params = list(self.trainable_parameters())
-        start = None if gamma == 1 else [p.detach().clone() for p in params]
-        try:
-            for inner in range(self.inner_steps):
-                self._inner = inner
-                with self.flops("meta") if inner else nullcontext():
-                    out = super().observe(batch)
-        finally:
-            self._inner, self._step = 0, None
-        if start is not None:
+        self._start = None if self._gamma == 1 else (params, [p.detach().clone()
+                                                               for p in params])
+
+    def after_batch(self, batch):
+        self._step = None
+        if self._start is not None:
+            params, start = self._start
             with torch.no_grad():
                 for p, p0 in zip(params, start, strict=True):
-                    p.lerp_(p0, 1.0 - gamma)  # gamma p + (1 - gamma) p0
+                    p.lerp_(p0, 1.0 - self._gamma)  # gamma p + (1 - gamma) p0
             self.counter.add(3 * sum(p.numel() for p in params), "meta")
-        return out
+        self._start = None
 
     # -- the loss --------------------------------------------------------------------------
     def _forward(self, model_call, distil: bool):
@@ -304,7 +303,7 @@ class MMKDDA(ER):
 
     # -- boundaries ------------------------------------------------------------------------
     def after_step(self, batch):
-        if self._inner == self.inner_steps - 1:
+        if self.ctx.inner == self.inner_steps - 1:
             self.memory.add(batch)
 
     def before_task(self, task):

@@ -63,6 +63,7 @@ class NISPA(TaskAware):
 
     supported_scenarios = ("class_il", "task_il")
     predict_needs_task_ids = False
+    needs = frozenset({"planned_steps"})
 
     def __init__(self, density: float = 0.2, phases: int = 5, k: float = 10.0,
                  min_activation: float = 0.05, act_samples: int = 1000, reinit: bool = True,
@@ -156,9 +157,6 @@ class NISPA(TaskAware):
 
     def after_step(self, batch):
         self.step += 1
-        if not self.task_steps:
-            raise ValueError("method=nispa splits each task's planned steps into phases and this "
-                             "task has none (budget.match): set budget.epochs or budget.iters")
         if self.phase < self.phases - 1 and \
                 self.step >= round((self.phase + 1) * self.task_steps / self.phases):
             self.phase += 1
@@ -205,6 +203,7 @@ class NISPA(TaskAware):
 
     @torch.no_grad()
     def after_task(self, task):
+        before = sum(int(s.sum()) for s in self.old_stable[:-1])
         if not self.selected:  # no phase ended early enough: select (untrained after) now
             self._select_and_rewire(stable_fraction(1, self.k))
         self.stable[-1] = self.seen_mask.clone()
@@ -220,9 +219,12 @@ class NISPA(TaskAware):
                     layer.bias.masked_fill_(~self.stable[i], 0.0)
         self.old_stable = [s.clone() for s in self.stable]
         self._set_views()
+        units = sum(len(s) for s in self.old_stable[:-1])
+        after = sum(int(s.sum()) for s in self.old_stable[:-1])
+        self._claimed.append((after - before) / units)
 
     @torch.no_grad()
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         logits = self.model(x)
         if task_ids is None:  # class-IL: argmax over the classes seen so far
             logits = logits.masked_fill(~self.seen_mask, float("-inf"))
@@ -240,13 +242,6 @@ class NISPA(TaskAware):
                 "nispa_density": sum(int(c.sum()) for c in self.conn.values()) / total,
                 "mask_bytes": sum(math.ceil(c.numel() / 8) for c in self.conn.values())
                 + sum(math.ceil(len(s) / 8) for s in self.stable)}
-
-    def end_task(self, task):
-        before = sum(int(s.sum()) for s in self.old_stable[:-1])
-        super().end_task(task)
-        units = sum(len(s) for s in self.old_stable[:-1])
-        after = sum(int(s.sum()) for s in self.old_stable[:-1])
-        self._claimed.append((after - before) / units)
 
     def state_dict(self):
         return {**super().state_dict(), "nispa": {

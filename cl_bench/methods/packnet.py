@@ -34,6 +34,7 @@ class PackNet(TaskAware):
     a weight (`mask_bytes`)."""
 
     supported_scenarios = ("task_il",)
+    needs = frozenset({"planned_steps"})
 
     def __init__(self, prune: float = 0.75, retrain: float = 0.3,
                  dense_layers: list[str] | tuple = ("head",), **kw):
@@ -88,10 +89,6 @@ class PackNet(TaskAware):
             self._prune()
 
     def _prune_at(self) -> int:
-        if not self.task_steps:
-            raise ValueError("method=packnet prunes after a share of the task's planned steps "
-                             "and this task has none (budget.match): set budget.epochs or "
-                             "budget.iters")
         return max(1, round((1 - self.retrain) * self.task_steps))
 
     @torch.no_grad()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from cl_bench.methods.base import Method, MethodConf
 from cl_bench.models.prompts import CodaPrompts, DualPrompts, L2PPrompts, Prompted
@@ -43,11 +42,14 @@ class PromptMethod(Method):
     def loss(self, batch):
         inputs = self.preprocess(batch.x, train=True)
         logits, pull = self.model.run(inputs, self.task_of(batch))
-        own = self.class_mask[batch.task]
-        terms = {"ce": F.cross_entropy(logits.masked_fill(~own, float("-inf")), batch.y)}
+        self.ctx.record_logits(logits)
+        terms = {"ce": self.cross_entropy(logits, batch.y, batch.task)}
         if self.pull:
             terms["pull"] = self.pull * pull
         return terms
+
+    def loss_logits(self, logits, task_ids):
+        return logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
 
     def before_task(self, task):
         self.reset_optimizer()  # the references' reinit_optimizer: no momentum carried over
@@ -55,7 +57,7 @@ class PromptMethod(Method):
     def after_step(self, batch):
         self._trained_since = True
 
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         logits, _ = self.model.run(x)
         return logits.masked_fill(~self.seen_mask, float("-inf"))
 

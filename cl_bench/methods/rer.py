@@ -129,6 +129,8 @@ class Relational:
                              f"({', '.join(self.weight_names)}) or null, got {constant_weights}")
         super().__init__(**kw)
         self.meta_every, self.warm_start = meta_every, warm_start
+        if 0 < warm_start < 1:  # the learned weights start at a share of the planned steps
+            self.needs = frozenset({"planned_steps"})
         device = next(self.model.parameters()).device
         self.constant = None if constant_weights is None else \
             torch.tensor([list(constant_weights)], device=device)
@@ -169,7 +171,7 @@ class Relational:
         mean = weights.mean(0)
         self.weight_sum += mean
         self.weighted_steps += 1
-        self.step_log.update({f"rer_w_{n}": w
+        self.ctx.log.update({f"rer_w_{n}": w
                               for n, w in zip(self.weight_names, mean, strict=True)})
         return dict(zip(self.term_names, (weights * losses).mean(0), strict=True))
 
@@ -185,7 +187,8 @@ class Relational:
     # -- the relation net -----------------------------------------------------------------
     def learned_phase(self) -> bool:
         return (self.task_index >= 1 and self.warm_start < 1 and len(self.memory) > 0
-                and self.step_in_task >= self.warm_start * self.task_steps)
+                and (self.warm_start == 0
+                     or self.step_in_task >= self.warm_start * self.task_steps))
 
     def pair_losses(self, batch: Batch, forward, draw) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, k] per-pair losses with their graph, [B, k] logit norms) of the current
@@ -239,7 +242,7 @@ class Relational:
             self.counter.add(first.flops, dense=first.dense)  # the second-order term
         self.meta_optimizer.step()
         self.meta_steps += 1
-        self.step_log["rer_meta_loss"] = meta_loss.detach()
+        self.ctx.log["rer_meta_loss"] = meta_loss.detach()
 
     # -- reporting and checkpoints --------------------------------------------------------
     def summary(self) -> dict:

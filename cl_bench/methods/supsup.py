@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.errors import ConfigError
@@ -105,13 +104,13 @@ class SupermaskMethod(Method):
             out.append(used)
         return out
 
-    def cross_entropy(self, logits, y, task_ids):
+    def loss_logits(self, logits, task_ids):
         if self.infer_task:  # SupSup's GNu: over the whole head, so masks compare by entropy
-            return F.cross_entropy(logits, y)
-        return super().cross_entropy(logits, y, task_ids)
+            return logits
+        return super().loss_logits(logits, task_ids)
 
     # -- prediction ---------------------------------------------------------------------
-    def predict(self, x, task_ids=None):
+    def predict_logits(self, x, task_ids=None):
         if task_ids is None:
             if self.infer_task and len(self.learned) > 1:
                 task_ids = self._inferred = self.infer_tasks(x)

@@ -255,7 +255,7 @@ class TwF(DERpp):
             return super().forward(x)
         with capture(self._levels) as feats:
             logits = super().forward(x)
-        self._seen.append((self._last_forward[1], list(feats)))
+        self._seen.append((self.ctx.last_forward[1], list(feats)))
         return logits
 
     def replay(self, n, *extras):
@@ -327,7 +327,7 @@ class TwF(DERpp):
                     parts["afd_mask_replay"].append(
                         mask_bce(logits[n:, :, 0], targets[i], forced[n:]))
         means = {k: torch.stack(v).mean() for k, v in parts.items() if v}
-        self.step_log.update({k: v.detach() for k, v in means.items()})
+        self.ctx.log.update({k: v.detach() for k, v in means.items()})
         if self._replays_masks:
             self._masks = self._pack(rhos)
         total = means["afd_distance"] + self.lambda_diverse_loss * means["afd_diverse"]

@@ -91,44 +91,46 @@ class Evaluator:
             torch.tensor([min(probe_size, len(t.test_y)) for t in stream]), 0
         ).tolist()
 
-    def full(self, predict, task_aware: bool = False) -> dict[str, torch.Tensor]:
+    def full(self, predict, task_aware: bool = False, reveal=None) -> dict[str, torch.Tensor]:
         """Accuracy on the whole test set of every task of the stream. `task_aware`:
         `predict(x, task_ids)` is called for task-IL (a second pass) and `predict(x)` for
         the others."""
-        return self._score(predict, *self.test, n_tasks=self.n_tasks, task_aware=task_aware)
+        return self._score(predict, *self.test, n_tasks=self.n_tasks, task_aware=task_aware,
+                           reveal=reveal)
 
-    def probes(self, predict, n_seen: int, task_aware: bool = False) -> dict[str, torch.Tensor]:
+    def probes(self, predict, n_seen: int, task_aware: bool = False,
+               reveal=None) -> dict[str, torch.Tensor]:
         """Accuracy on the probes of the first `n_seen` tasks."""
         end = self.probe_ends[n_seen - 1]
         x, y, t = (p[:end] for p in self.probe)
         with self.probe_autocast():
             return self._score(predict, x, y, t, n_tasks=n_seen, ready=True,
-                               task_aware=task_aware)
+                               task_aware=task_aware, reveal=reveal)
 
-    def task_accuracy(self, predict, x, y, task_id: int,
-                      task_aware: bool = False) -> dict[str, float]:
+    def task_accuracy(self, predict, x, y, task_id: int, task_aware: bool = False,
+                      reveal=None) -> dict[str, float]:
         """Accuracy, per scenario, of samples `x`, `y` of task `task_id` from outside the
         test set (its validation split)."""
         t = torch.full_like(y, task_id)
-        scores = self._score(predict, x, y, t, n_tasks=task_id + 1, task_aware=task_aware)
+        scores = self._score(predict, x, y, t, n_tasks=task_id + 1, task_aware=task_aware,
+                             reveal=reveal)
         return {s: float(acc[task_id]) for s, acc in scores.items()}
 
     @torch.inference_mode()
     def _score(self, predict, x, y, task_ids, n_tasks, ready=False,
-               task_aware=False) -> dict[str, torch.Tensor]:
-        """`ready`: x is already preprocessed."""
+               task_aware=False, reveal=None) -> dict[str, torch.Tensor]:
+        """`ready`: x is already preprocessed. `reveal(task_ids)` (`Method.reveal_task_ids`)
+        gets each batch's true task ids after `predict(x)` scored it, to score a task
+        inference (SupSup's task_infer_acc); they never enter a prediction."""
         correct = {s: torch.zeros(n_tasks, device=y.device) for s in self.scenarios}
-        # a method that infers the task in predict(x) is shown the true ids afterwards, to
-        # score its inference (SupSup's task_infer_acc); they never enter a prediction
-        see_task_ids = getattr(getattr(predict, "__self__", None), "see_task_ids", None)
         with self.counter.evaluating():
             for b in range(0, len(y), self.batch_size):
                 sl = slice(b, b + self.batch_size)
                 xb = x[sl] if ready else self.preprocess(x[sl])
                 yb, tb = y[sl], task_ids[sl]
                 logits = predict(xb)
-                if see_task_ids is not None:
-                    see_task_ids(tb)
+                if reveal is not None:
+                    reveal(tb)
                 for scenario in self.scenarios:
                     scored = logits
                     if scenario == "task_il":

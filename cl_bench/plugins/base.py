@@ -20,10 +20,15 @@ class PluginConf:
 
 class Plugin:
     """A part that composes with any method: it implements some of the method's phases
-    and keeps its own state (`state_dict`, checkpointed with the run). The method calls
-    its plugins, in config order, after its own phase for `after_*` phases and before it
-    for `before_task`; `loss` terms are added to the method's; `predict` and
-    `classification_loss` replace the method's when they return a tensor.
+    and keeps its own state (`state_dict`, checkpointed with the run). The method's entry
+    points call its plugins, in config order, after its own phase (`loss`,
+    `after_backward`, `after_step`, `after_task`, `resume_task`, `see_task_ids`) and before
+    it for `before_task` and `wrap_model`; `loss` terms are added to the method's;
+    `predict` and `classification_loss` replace the method's when they return a tensor
+    (one plugin at most each). What a plugin needs of its method (`needs`, see
+    `cl_bench.contract`), of other plugins (`needs_plugins`) and of the run
+    (`planned_steps` in `needs`) is checked before training; `nearest` names the closest
+    working choice for the refusal's message.
 
     `active_samples(n)` may shrink the task's active training set (a bool mask over its
     `n` samples, or None for no opinion); a plugin that changes it bumps `active_version`
@@ -41,6 +46,11 @@ class Plugin:
     # (`clbench-tune` decays them; config keys `plugins.<name>.<knob>`)
     stability_knobs: tuple[str, ...] = ()
     active_version = 0
+    needs: frozenset[str] = frozenset()
+    needs_plugins: tuple[str, ...] = ()
+    nearest = ""  # the closest working choice, for a refused pair's message
+    predict_needs_task_ids = False  # its `predict` wants the task ids in task-IL
+    name = ""  # its config name (`plugins.<name>`), set by the runner
 
     def setup(self, method) -> None:
         self.method = method
@@ -68,8 +78,8 @@ class Plugin:
     def resume_task(self, task: Task) -> None:
         """A task a resumed run had completed (weights already loaded)."""
 
-    def consolidate(self) -> None:
-        """Every `stream.consolidate_every` steps (task-free consolidation)."""
+    def see_task_ids(self, task_ids: torch.Tensor) -> None:
+        """The true task ids of the batch the last `predict(x)` scored (evaluation)."""
 
     def active_samples(self, n: int) -> torch.Tensor | None:
         """Bool mask of the task's `n` training samples to keep training on, or None."""

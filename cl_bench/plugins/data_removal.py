@@ -21,6 +21,8 @@ class DataRemoval(Plugin):
     Under an epoch budget the epochs get shorter, which is where the FLOPs are saved.
     Summary: `data_removed`, samples removed over all tasks."""
 
+    needs = frozenset({"step_logits", "planned_steps"})
+
     def __init__(self, remove_frac: float = 0.3,
                  stages: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)):
         self.remove_frac = fraction(remove_frac, "plugins.data_removal.remove_frac")

@@ -33,6 +33,8 @@ class EWC(Plugin):
     task / domain / class-IL).
     """
 
+    needs = frozenset({"class_logits"})
+
     stability_knobs = ("strength",)
 
     def __init__(self, strength: float = 100.0, fisher_samples: int | None = None,

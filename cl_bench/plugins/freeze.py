@@ -37,6 +37,8 @@ class Freeze(Plugin):
     many steps until `blocks` are. The head never freezes. Blocks thaw at the end of the
     task. Batch-norm statistics of frozen blocks keep updating."""
 
+    needs = frozenset({"plain_model", "planned_steps"})
+
     def __init__(self, blocks: int = 1, start: float = 0.5, every: float | None = None):
         if blocks < 1:
             raise ValueError(f"plugins.freeze.blocks={blocks} must be >= 1")

@@ -20,6 +20,8 @@ class GradientMask(Plugin):
     The weight-gradient FLOPs count keep x nnz entries. Needs `plugins.sparsity` (listed
     before it)."""
 
+    needs_plugins = ("sparsity",)
+
     def __init__(self, keep: float = 0.8, refresh: int = 30):
         if not 0 < keep <= 1:
             raise ValueError(f"plugins.gradient_mask.keep={keep} must be in (0, 1]")

@@ -39,6 +39,8 @@ class IMM(Plugin):
     (batch-norm statistics) stay those of theta_t.
     """
 
+    needs = frozenset({"class_logits"})
+
     stability_knobs = ("l2_transfer",)
 
     def __init__(self, mode: str = "mean", l2_transfer: float = 0.01,

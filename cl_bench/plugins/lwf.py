@@ -65,6 +65,8 @@ class LwF(Plugin):
     (e.g. ER, whose pass also holds replayed samples) counted as `flops_distillation`.
     """
 
+    needs = frozenset({"class_logits"})
+
     stability_knobs = ("alpha",)
 
     def __init__(self, temperature: float = 2.0, alpha: float | None = None,

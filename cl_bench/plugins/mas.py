@@ -22,6 +22,8 @@ class MAS(Plugin):
     per-sample gradients cancel. None is estimated after the last task.
     """
 
+    needs = frozenset({"class_logits"})
+
     stability_knobs = ("strength",)
 
     def __init__(self, strength: float = 1.0, samples: int | None = None):

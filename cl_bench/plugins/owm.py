@@ -51,7 +51,6 @@ gradient or step (two with `project=both`); EOWM adds 2 m d for the mean output,
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +149,9 @@ class OWM(Plugin):
     """Orthogonal weight modification (Zeng et al., Nat. Mach. Intell. 2019): every linear
     layer's weight change is projected onto the orthogonal complement of the (batch-mean)
     inputs of what it learned before, through a recursive-least-squares projector P_l."""
+
+    needs = frozenset({"plain_model"})
+    nearest = "method=owm (finetune with plugin owm)"
 
     # Smaller alpha = more stable, the opposite of what `clbench-tune` decays (it starts a
     # knob high as most stable), so alpha is not declared a stability knob.
@@ -291,17 +293,13 @@ class OWM(Plugin):
             for x, alpha in layer.pending:
                 self._absorb(layer, x, alpha)
             layer.pending.clear()
-        out = self.method.output_dir
-        if out is not None:  # the capacity left after each task, `<plugin>.csv`
-            path = out / f"{self.key}.csv"
-            new = not path.exists() or task.id == 0
-            with open(path, "w" if new else "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(["task", "layer", "dim", "trace_P"])
-                for i, (layer, free) in enumerate(zip(self.layers, self.free_dims(),
-                                                      strict=True)):
-                    writer.writerow([task.id, i, layer.d, round(free, 3)])
+        artifacts = self.method.ctx.artifacts
+        if artifacts.enabled:  # the capacity left after each task, `<plugin>.csv`
+            artifacts.write_csv(
+                f"{self.key}.csv", ["task", "layer", "dim", "trace_P"],
+                [[task.id, i, layer.d, round(free, 3)] for i, (layer, free) in
+                 enumerate(zip(self.layers, self.free_dims(), strict=True))],
+                append=task.id > 0)
 
     # -- checkpoint -----------------------------------------------------------------------
     def state_dict(self):

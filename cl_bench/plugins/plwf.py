@@ -51,6 +51,8 @@ class PLwF(Plugin):
     (9 FLOPs per trainable parameter) `flops_credit_assignment`.
     """
 
+    needs = frozenset({"class_logits"})
+
     stability_knobs = ("alpha",)
 
     def __init__(self, temperature: float = 2.0, alpha: float | None = None,

@@ -27,7 +27,6 @@ feature; `rank_update.csv` in the run directory lists them per task.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +156,10 @@ class RankUpdate(Plugin):
     biases and head rows; earlier tasks' parts frozen. Task-IL only (predictions need the
     sample's task)."""
 
+    needs = frozenset({"plain_model", "base_prediction"})
+    nearest = "method=rank_update (finetune with plugin rank_update)"
+    predict_needs_task_ids = True
+
     supported_scenarios = ("task_il",)
 
     def __init__(self, rank: int = 1, first_rank: int | None = None, warm_start: bool = False):
@@ -169,10 +172,6 @@ class RankUpdate(Plugin):
         self.layers: list[RankUpdateLinear] = []
         self.head: TaskHead | None = None
         self.dense_parameters = 0
-
-    def setup(self, method):
-        super().setup(method)
-        method.predict_needs_task_ids = True
 
     def wrap_model(self, model):
         head = getattr(model, "head", None)
@@ -227,17 +226,13 @@ class RankUpdate(Plugin):
         self.method.reset_optimizer()  # a new optimiser over task t's parameters only
 
     def after_task(self, task):
-        out = self.method.output_dir
-        if out is None:
-            return
-        with open(out / "rank_update.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["task", "params", "params_total", "dense_model_params"])
-            total = 0
-            for t in range(task.id + 1):
-                n = self.task_parameter_count(t)
-                total += n
-                writer.writerow([t, n, total, self.dense_parameters])
+        rows, total = [], 0
+        for t in range(task.id + 1):
+            n = self.task_parameter_count(t)
+            total += n
+            rows.append([t, n, total, self.dense_parameters])
+        self.method.ctx.artifacts.write_csv(
+            "rank_update.csv", ["task", "params", "params_total", "dense_model_params"], rows)
 
     def resume_task(self, task):
         self.active.task = task.id

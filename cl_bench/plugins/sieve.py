@@ -21,6 +21,8 @@ class Sieve(Plugin):
     removed sample has been back, the queue is shuffled after each swap, as in the paper.
     Every task starts afresh."""
 
+    needs = frozenset({"step_logits", "planned_steps"})
+
     def __init__(self, keep_frac: float = 0.8, interval: float = 0.1, swap_frac: float = 0.1):
         self.keep_frac = fraction(keep_frac, "plugins.sieve.keep_frac")
         self.interval = fraction(interval, "plugins.sieve.interval")

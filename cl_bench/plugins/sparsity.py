@@ -39,6 +39,9 @@ class Sparsity(Plugin):
     `overhead_flops_mask_update` (not training FLOPs).
     """
 
+    needs = frozenset({"plain_model"})
+    nearest = "method=sparcl_er (ER with plugin sparsity)"
+
     def __init__(self, density: float = 0.1, distribution: str = "uniform",
                  erk_power: float = 1.0, dense_layers: list[str] | tuple = (),
                  init: str = "random", update: str = "static", delta_t: int = 100,
@@ -63,6 +66,8 @@ class Sparsity(Plugin):
         self.delta_t, self.delta_frac = delta_t, delta_frac
         self.drop_fraction, self.t_end = drop_fraction, t_end
         self.grow_delta, self.grad_coef, self.phases = grow_delta, importance_grad_coef, phases
+        if delta_frac is not None or update == "sparcl":  # fractions of the planned steps
+            self.needs = self.needs | {"planned_steps"}
         self.layers: dict[str, Masked] = {}
         self.targets: dict[str, float] = {}
         self.step = 0  # steps of the current task
@@ -92,7 +97,7 @@ class Sparsity(Plugin):
 
     # -- schedule -------------------------------------------------------------------------
     def _task_steps(self) -> int | None:
-        return getattr(self.method, "task_steps", None)
+        return self.method.ctx.task_steps
 
     def _planned_steps(self, key: str) -> int:
         steps = self._task_steps()

@@ -14,10 +14,10 @@ exact formulas open; the choices made here are:
   logits over the classes seen so far), w = `weight`.
 * `lora`: every hidden `nn.Linear` (not the head) is frozen and gets a trainable
   low-rank update (alpha / r) B A, merged into the frozen weight at the end of each task.
-* `NMCHead` (`model.head=nmc`): predictions are the cosine similarity of the
-  L2-normalised feature to the normalised mean feature of each class, over the memory
-  plus a fixed sample of the current task (classes with no sample get -inf); training
-  still uses the linear head.
+* `NMCHead` (`plugin=[nmc]`, alias `model.head=nmc`): predictions are the cosine
+  similarity of the L2-normalised feature to the normalised mean feature of each class,
+  over the memory plus a fixed sample of the current task (classes with no sample get
+  -inf); training still uses the linear head.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from cl_bench.schemas import schema
 class ClassMeanInit(Plugin):
     """SGM's initialisation of new output rows from class-mean features (Harun & Kanan,
     TMLR 2024)."""
+
+    needs = frozenset({"class_logits"})
 
     @torch.no_grad()
     def before_task(self, task):
@@ -65,6 +67,8 @@ class ClassMeanInit(Plugin):
 class FreezeOldRows(Plugin):
     """SGM's frozen output rows of earlier tasks' classes (Harun & Kanan, TMLR 2024)."""
 
+    needs = frozenset({"class_logits"})
+
     def __init__(self):
         self.frozen: dict = {}
 
@@ -92,6 +96,8 @@ class FreezeOldRows(Plugin):
 class SoftTargets(Plugin):
     """SGM's dynamic soft targets (Harun & Kanan, TMLR 2024): (1 - w) one-hot + w times the
     model's own detached prediction over the classes seen so far."""
+
+    needs = frozenset({"cross_entropy"})
 
     supported_streams = ("task", "online", "task_free", "blurry")
 
@@ -146,6 +152,9 @@ class LoRA(Plugin):
     Hu et al., 2022): every hidden `nn.Linear` (all but `model.head`) becomes a
     `LoRALinear`; the update is merged and reset after each task."""
 
+    needs = frozenset({"plain_model"})
+    nearest = "method=sgm, or this method without plugin lora"
+
     def __init__(self, rank: int = 8, alpha: float | None = None):
         if rank < 1:
             raise ValueError(f"plugins.lora.rank={rank} must be >= 1 (drop plugin=lora "
@@ -177,12 +186,23 @@ class LoRA(Plugin):
 
 
 class NMCHead(Plugin):
-    """Nearest-class-mean prediction (Lapacz et al., WACV 2025), chosen by `model.head=nmc`:
-    class means over the memory plus `bank_size` samples of the current task."""
+    """Nearest-class-mean prediction (Lapacz et al., WACV 2025), `plugin=[nmc]` (alias
+    `model.head=nmc`): class means over the memory plus `bank_size` samples of the current
+    task (null: the memory's size, at least 500)."""
 
-    def __init__(self, bank_size: int = 500):
+    needs = frozenset({"class_logits", "base_prediction"})
+    nearest = "method=er plugin=[nmc]"
+
+    def __init__(self, bank_size: int | None = None):
+        if bank_size is not None and bank_size < 1:
+            raise ValueError(f"plugins.nmc.bank_size={bank_size} must be >= 1 (or null)")
         self.bank_size = bank_size
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def setup(self, method):
+        super().setup(method)
+        if self.bank_size is None:
+            self.bank_size = max(method.memory.size, 500)
 
     def before_task(self, task):
         pick = torch.randperm(len(task.train_y), device=task.train_y.device)[: self.bank_size]
@@ -224,6 +244,13 @@ class ClassMeanInitConf(PluginConf):
 @dataclass
 class FreezeOldRowsConf(PluginConf):
     _target_: str = "cl_bench.plugins.stability_gap.FreezeOldRows"
+
+
+@schema("plugin", "nmc")
+@dataclass
+class NMCHeadConf(PluginConf):
+    _target_: str = "cl_bench.plugins.stability_gap.NMCHead"
+    bank_size: int | None = None  # current-task samples averaged; null: max(memory.size, 500)
 
 
 @schema("plugin", "soft_targets")

@@ -18,6 +18,8 @@ class TaskLogitMask(Plugin):
     separated softmax), so it is a separate plugin to ablate (`papers/methods_sparse.md`
     section 12)."""
 
+    needs = frozenset({"cross_entropy"})
+
     supported_scenarios = ("class_il",)
 
     def __init__(self):
