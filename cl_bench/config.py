@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cl_bench.errors import ConfigError
+from cl_bench.paths import CONF_DIR
 from cl_bench.schemas import SCHEMAS, Scenario, schema
 
 
@@ -114,8 +115,6 @@ class ClbenchConf:
 
 def pairs() -> list[str]:
     """The protocols of conf/pair/, each named <benchmark>_<model>_<method>."""
-    from cl_bench.cli import CONF_DIR  # cl_bench.cli imports this module
-
     return sorted(p.stem for p in Path(CONF_DIR, "pair").glob("*.yaml"))
 
 

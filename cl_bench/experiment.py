@@ -53,8 +53,8 @@ from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.metrics.stability import stability_metrics
 from cl_bench.models.pretrained import RUNNER_KEYS
-from cl_bench.models.pretrained import prepare as prepare_weights
 from cl_bench.plugins.stability_gap import NMCHead
+from cl_bench.weights import prepare as prepare_weights
 
 log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
 log.addHandler(logging.NullHandler())
