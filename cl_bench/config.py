@@ -83,7 +83,7 @@ class LoggerConf:
     entity: str | None = None
     mode: str = "auto"  # auto: offline unless W&B is configured; online; offline; disabled
     init_timeout: float = 15.0  # seconds W&B may take to start before logging offline instead
-    group: str | None = None
+    group: str | None = None  # default: the sweep directory name in multirun
     tags: list[str] = field(default_factory=list)
 
 

@@ -33,4 +33,5 @@ class PretrainedModelConf:
     """The keys of `model.weights` a model schema inherits (the runner reads them)."""
     weights: str | None = None  # null | pretrain | timm:<name> | PATH
     frozen: bool = False  # freeze everything but the head (a linear probe)
+    # model.weights=pretrain: supervised pretraining on a disjoint class set
     pretrain: PretrainConf = field(default_factory=PretrainConf)
