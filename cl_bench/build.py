@@ -24,9 +24,9 @@ from cl_bench.memory.base import Memory
 from cl_bench.methods.base import Method
 from cl_bench.metrics.evaluator import Evaluator
 from cl_bench.models.pretrained import RUNNER_KEYS
-from cl_bench.models.pretrained import prepare as prepare_weights
 from cl_bench.plugins.base import Plugin
 from cl_bench.plugins.stability_gap import NMCHead
+from cl_bench.weights import prepare as prepare_weights
 
 
 def resolve_device(requested: str) -> torch.device:

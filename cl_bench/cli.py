@@ -23,17 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_bench.config import register_schemas
 from cl_bench.errors import describe, user_error
 from cl_bench.identity import run_id
+from cl_bench.paths import CONF_DIR  # re-exported: `from cl_bench.cli import CONF_DIR`
 
-
-def _conf_dir() -> str:
-    """The config tree: cl_bench/conf in an installed wheel (setup.py maps conf/ there),
-    else conf/ at the top of the source checkout (editable install, PYTHONPATH)."""
-    package = Path(__file__).resolve().parent
-    packaged = package / "conf"
-    return str(packaged if (packaged / "config.yaml").is_file() else package.parent / "conf")
-
-
-CONF_DIR = _conf_dir()
 # makes the directories of runs started in the same second distinct; new for every
 # `main()` call, so two calls in one process (tests, notebooks) do not share a directory
 _INVOCATION_UID = [secrets.token_hex(3)]
@@ -44,7 +35,7 @@ def option_groups(choices=None) -> str:
     registered in Hydra's ConfigStore are not choices), `*` on the ones in `choices`."""
     root, lines = Path(CONF_DIR), []
     groups = sorted({p.parent.relative_to(root).as_posix() for p in root.glob("*/**/*.yaml")})
-    # a folder or file named _* holds parts of other options (conf/pair/_bir/), not choices
+    # a folder or file named _* holds parts of other options (experiment/_protocol/), not choices
     for group in (g for g in groups if g != "hydra/help" and "/_" not in f"/{g}"):
         chosen = (choices or {}).get(group)  # Hydra records none for a list-valued group
         options = [p.stem + "*" * (p.stem == chosen) for p in sorted(root.glob(f"{group}/*.yaml"))

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cl_bench.errors import ConfigError
+from cl_bench.paths import CONF_DIR
 from cl_bench.schemas import SCHEMAS, Scenario, schema
 
 
@@ -82,7 +83,7 @@ class LoggerConf:
     entity: str | None = None
     mode: str = "auto"  # auto: offline unless W&B is configured; online; offline; disabled
     init_timeout: float = 15.0  # seconds W&B may take to start before logging offline instead
-    group: str | None = None
+    group: str | None = None  # default: the sweep directory name in multirun
     tags: list[str] = field(default_factory=list)
 
 
@@ -114,8 +115,6 @@ class ClbenchConf:
 
 def pairs() -> list[str]:
     """The protocols of conf/pair/, each named <benchmark>_<model>_<method>."""
-    from cl_bench.cli import CONF_DIR  # cl_bench.cli imports this module
-
     return sorted(p.stem for p in Path(CONF_DIR, "pair").glob("*.yaml"))
 
 

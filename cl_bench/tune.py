@@ -37,7 +37,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench import cli
-from cl_bench.cli import CONF_DIR
 from cl_bench.data.modes import is_default
 from cl_bench.data.stream import Task, TaskStream
 from cl_bench.errors import ConfigError
@@ -51,6 +50,7 @@ from cl_bench.experiment import (
 )
 from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.methods.finetune import Finetune
+from cl_bench.paths import CONF_DIR
 from cl_bench.schemas import schema
 
 

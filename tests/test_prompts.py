@@ -24,8 +24,8 @@ from cl_bench.errors import ConfigError
 from cl_bench.experiment import run_experiment
 from cl_bench.memory.base import NoMemory
 from cl_bench.methods.prompt import L2P, CodaPrompt, DualPrompt
-from cl_bench.models.pretrained import WeightsMissing, cache_file, freeze_backbone
 from cl_bench.models.vit import ViT
+from cl_bench.weights import WeightsMissing, cache_file, freeze_backbone
 from conftest import compose_config, tiny_stream, train_task
 
 METHODS = {"l2p": L2P, "dualprompt": DualPrompt, "coda_prompt": CodaPrompt}
@@ -254,7 +254,7 @@ def test_self_pretraining_runs_end_to_end_and_is_cached(tmp_path):
 
 
 def test_weights_from_a_file_must_fit_the_model(tmp_path):
-    from cl_bench.models.pretrained import load_backbone
+    from cl_bench.weights import load_backbone
 
     vit = ViT((3, 8, 8), 5, **TINY)
     other = ViT((3, 8, 8), 7, **TINY)
@@ -266,7 +266,7 @@ def test_weights_from_a_file_must_fit_the_model(tmp_path):
 
 HUB = """
 import sys, torch
-from cl_bench.models.pretrained import load_backbone, timm_state
+from cl_bench.weights import load_backbone, timm_state
 from cl_bench.models.vit import ViT
 vit = ViT((3, 32, 32), 10, patch=16, dim=192, depth=12, heads=3, resize=224)
 load_backbone(vit, timm_state("vit_tiny_patch16_224"), "timm:vit_tiny_patch16_224")

@@ -14,7 +14,7 @@ import torch
 
 from cl_bench.budget.flops import FlopCounter
 from cl_bench.errors import ConfigError
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 log = logging.getLogger("cl_bench")
 
@@ -59,6 +59,20 @@ def reference_flops(run_dir: str | Path, match_flops: str = "theoretical") -> li
     return cumulative
 
 
+@schema("budget", "budget")
+@dataclass
+class BudgetConf:
+    _target_: str = "cl_bench.budget.budget.Budget"
+    batch_size: int = 10
+    epochs: int | None = 1
+    iters: int | None = None
+    flops_per_task: float | None = None
+    drop_last: bool = False
+    match: str | None = None  # a completed run's directory: train to its FLOPs per task
+    match_flops: str = "theoretical"  # theoretical (train_flops) | executed (train_flops_dense)
+
+
+@defaults_from(BudgetConf)
 class Budget:
     """Yields index batches over a task's training set and stops at the first of
     `epochs`, `iters` or `flops_per_task` (training FLOPs spent on this task).
@@ -71,13 +85,13 @@ class Budget:
 
     def __init__(
         self,
-        batch_size: int = 10,
-        epochs: int | None = 1,
-        iters: int | None = None,
-        flops_per_task: float | None = None,
-        drop_last: bool = False,
-        match: str | None = None,
-        match_flops: str = "theoretical",
+        batch_size: int,
+        epochs: int | None,
+        iters: int | None,
+        flops_per_task: float | None,
+        drop_last: bool,
+        match: str | None,
+        match_flops: str,
     ):
         if match_flops not in MATCH_FLOPS:
             raise ConfigError(f"budget.match_flops must be theoretical or executed, got "
@@ -210,16 +224,3 @@ class Budget:
                 return
             yield idx
             begin += self.batch_size
-
-
-@schema("budget", "budget")
-@dataclass
-class BudgetConf:
-    _target_: str = "cl_bench.budget.budget.Budget"
-    batch_size: int = 10
-    epochs: int | None = 1
-    iters: int | None = None
-    flops_per_task: float | None = None
-    drop_last: bool = False
-    match: str | None = None  # a completed run's directory: train to its FLOPs per task
-    match_flops: str = "theoretical"  # theoretical (train_flops) | executed (train_flops_dense)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cl_bench.data.batch import Batch
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("memory", "memory")
@@ -16,6 +16,13 @@ class MemoryConf:
     _target_: str = "???"
     name: str = "???"
     size: int = 0
+
+
+@schema("memory", "buffer")
+@dataclass
+class BufferConf(MemoryConf):
+    """reservoir, class_balanced, herding, ring, coreset."""
+    size: int = 500  # the seq-MNIST tables' buffer (DER, Buzzega et al.: 200 / 500 / 5120)
 
 
 class Memory:
@@ -32,7 +39,7 @@ class Memory:
     wants_losses = False
     stores_files = False  # True: built with `run_dir`, the folder it may write to
 
-    def __init__(self, size: int = 0, device: str | torch.device = "cpu", seed: int = 0):
+    def __init__(self, size: int, device: str | torch.device = "cpu", seed: int = 0):
         if size < 0:
             raise ValueError(f"memory.size must be >= 0, got {size}")
         self.size = size
@@ -73,6 +80,7 @@ class Memory:
         self.generator.set_state(state["generator"])
 
 
+@defaults_from(MemoryConf)
 class NoMemory(Memory):
     """No replay memory (finetune, joint)."""
 
@@ -98,7 +106,7 @@ class SelectionBuffer(Memory):
     inserted with tensor ops. Evicted samples are overwritten in place; nothing else moves.
     """
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+    def __init__(self, size: int, device="cpu", seed: int = 0):
         super().__init__(size, device, seed)
         self.count = 0  # samples held
         self.seen = 0  # samples offered so far

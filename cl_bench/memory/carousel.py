@@ -15,12 +15,23 @@ import torch
 from cl_bench.data.batch import Batch
 from cl_bench.memory.base import Memory, MemoryConf
 from cl_bench.memory.reservoir import Reservoir
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 SWAP_POLICIES = ("random", "loss_aware")
 _NP = {torch.uint8: np.uint8, torch.int64: np.int64, torch.float32: np.float32}
 
 
+@schema("memory", "carousel")
+@dataclass
+class CarouselConf(MemoryConf):
+    size: int = 200  # the working buffer (CarM's smallest setting); storage_size on disk
+    storage_size: int = 5000  # samples in the store on disk
+    swap_ratio: float = 0.5  # share of each replayed batch swapped with stored samples
+    swap_every: int = 16  # samplings between batched hand-overs of writes and swaps to the mover
+    swap_policy: str = "random"  # random | loss_aware (swap out the lowest-loss samples)
+
+
+@defaults_from(CarouselConf)
 class Carousel(Memory):
     """CarM (Lee et al., DAC 2022, "Carousel Memory: Rethinking the Design of Episodic
     Memory for Continual Learning"): a working buffer of `size` samples (reservoir) that
@@ -37,8 +48,8 @@ class Carousel(Memory):
     waits on disk. A swap is applied whole or not at all: interrupting the thread loses or
     duplicates nothing."""
 
-    def __init__(self, size: int = 200, storage_size: int = 5000, swap_ratio: float = 0.5,
-                 swap_every: int = 16, swap_policy: str = "random", run_dir: str | None = None,
+    def __init__(self, size: int, storage_size: int, swap_ratio: float,
+                 swap_every: int, swap_policy: str, run_dir: str | None = None,
                  device="cpu", seed: int = 0):
         super().__init__(size, device, seed)
         if swap_policy not in SWAP_POLICIES:
@@ -270,12 +281,3 @@ def _first_occurrences(values: torch.Tensor):
     first = torch.full((len(uniq),), len(values), dtype=torch.long, device=values.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(values), device=values.device), "amin")
     return uniq, first
-
-
-@schema("memory", "carousel")
-@dataclass
-class CarouselConf(MemoryConf):
-    storage_size: int = 5000  # samples in the store on disk
-    swap_ratio: float = 0.5  # share of each replayed batch swapped with stored samples
-    swap_every: int = 16  # samplings between batched hand-overs of writes and swaps to the mover
-    swap_policy: str = "random"  # random | loss_aware (swap out the lowest-loss samples)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cl_bench.memory.base import SelectionBuffer
+from cl_bench.memory.base import BufferConf, SelectionBuffer
+from cl_bench.schemas import defaults_from
 
 
 def balanced_quotas(counts: list[int], capacity: int, order: list[int]) -> list[int]:
@@ -28,6 +29,7 @@ def balanced_quotas(counts: list[int], capacity: int, order: list[int]) -> list[
     return quotas
 
 
+@defaults_from(BufferConf)
 class ClassBalanced(SelectionBuffer):
     """Class-balanced reservoir (in the spirit of CBRS, Chrysakis & Moens, 2020): each
     class seen gets an equal share of the buffer, and within a class every sample seen

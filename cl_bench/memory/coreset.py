@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from cl_bench.data.batch import Batch
-from cl_bench.memory.base import Memory, MemoryConf
+from cl_bench.memory.base import BufferConf, Memory
 from cl_bench.memory.reservoir import Reservoir
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 def nonneg_omp(a: torch.Tensor, b: torch.Tensor, k: int, ridge: float = 0.5):
@@ -69,6 +69,14 @@ def class_budgets(counts: list[int], budget: int) -> list[int]:
     return out
 
 
+@schema("memory", "coreset")
+@dataclass
+class CoresetConf(BufferConf):
+    pool_size: int = 200  # reservoir of candidates from the current task
+    ridge: float = 0.5  # ridge term of the OMP least squares
+
+
+@defaults_from(CoresetConf)
 class Coreset(Memory):
     """GCR's weighted coreset (Tiwari et al., CVPR 2022, "GCR: Gradient Coreset Based
     Replay Buffer Selection for Continual Learning").
@@ -84,8 +92,7 @@ class Coreset(Memory):
     extra to get the weights.
     """
 
-    def __init__(self, size: int = 500, pool_size: int = 200, device="cpu", seed: int = 0,
-                 ridge: float = 0.5):
+    def __init__(self, size: int, pool_size: int, ridge: float, device="cpu", seed: int = 0):
         super().__init__(size, device, seed)
         self.pool = Reservoir(pool_size, device, seed + 1)
         self.ridge = ridge
@@ -194,10 +201,3 @@ class Coreset(Memory):
         super().load_state_dict(state)
         self.rows, self._labels = state["rows"], state["labels"]
         self.pool.load_state_dict(state["pool"])
-
-
-@schema("memory", "coreset")
-@dataclass
-class CoresetConf(MemoryConf):
-    pool_size: int = 200  # reservoir of candidates from the current task
-    ridge: float = 0.5  # ridge term of the OMP least squares

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.data.batch import Batch
-from cl_bench.memory.base import Memory
+from cl_bench.memory.base import BufferConf, Memory
+from cl_bench.schemas import defaults_from
 
 
 def herding_order(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -26,6 +27,7 @@ def herding_order(features: torch.Tensor, m: int) -> torch.Tensor:
     return torch.stack(picked) if picked else torch.empty(0, dtype=torch.long)
 
 
+@defaults_from(BufferConf)
 class Herding(Memory):
     """Exemplar memory of iCaRL (Rebuffi et al., CVPR 2017): `size // classes seen`
     exemplars per class, chosen by herding on the model's features when a task ends
@@ -33,7 +35,7 @@ class Herding(Memory):
 
     capabilities = frozenset({"sample", "select"})
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+    def __init__(self, size: int, device="cpu", seed: int = 0):
         super().__init__(size, device, seed)
         self.x: torch.Tensor | None = None
         self.y = torch.empty(0, dtype=torch.int64, device=self.device)

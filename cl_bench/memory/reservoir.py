@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cl_bench.memory.base import SelectionBuffer
+from cl_bench.memory.base import BufferConf, SelectionBuffer
+from cl_bench.schemas import defaults_from
 
 
+@defaults_from(BufferConf)
 class Reservoir(SelectionBuffer):
     """Reservoir sampling (Vitter, 1985, algorithm R), as used by ER (Chaudhry et al.,
     2019): every sample seen so far is in memory with the same probability size / seen.
@@ -19,7 +21,7 @@ class Reservoir(SelectionBuffer):
     training step; only the writes touch the buffer's device.
     """
 
-    def __init__(self, size: int = 500, device="cpu", seed: int = 0):
+    def __init__(self, size: int, device="cpu", seed: int = 0):
         super().__init__(size, device, seed)
         self.rng = np.random.default_rng(seed)
         self.keys = torch.empty(0, device=self.device)  # the key-based selection is not used

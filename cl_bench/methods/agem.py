@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from cl_bench.methods.er import ER
+from cl_bench.methods.er import ER, ReplayConf
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("method", "agem")
+@dataclass
+class AGEMConf(ReplayConf):
+    # the reference batch g_ref is drawn from: 64 since the seq-MNIST presets were added
+    # (README seq-MNIST table); Chaudhry et al. draw 256 (their code's default)
+    replay_batch_size: int = 64
+
+
+@defaults_from(AGEMConf)
 class AGEM(ER):
     """A-GEM (Chaudhry et al., ICLR 2019, "Efficient Lifelong Learning with A-GEM"): when
     the gradient g of the current batch conflicts with the gradient g_ref of a memory

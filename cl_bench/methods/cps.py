@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cl_bench.methods.base import MethodConf
 from cl_bench.methods.isolation import TaskAware, view_layers
 from cl_bench.models.masked import pack_bits, unpack_bits
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 SELECT = ("max_output", "entropy")
 
@@ -18,11 +18,12 @@ SELECT = ("max_output", "entropy")
 @schema("method", "cps")
 @dataclass
 class CPSConf(MethodConf):
-    alpha: float = 0.9
-    iters: int = 1
-    retrain: float = 0.3
-    prune_samples: int = 1000
-    select: str = "max_output"
+    alpha: float = 0.9  # fraction of each unit's input importance its kept connections carry
+    iters: int = 1  # pruning iterations per task (authors' default 1)
+    retrain: float = 0.3  # share of the task's planned steps spent retraining after pruning
+    prune_samples: int = 1000  # training inputs of the task used for the importances
+    select: str = "max_output"  # max_output | entropy: the subnetwork chosen per test sample
+    # not pruned: the per-task heads
     dense_layers: list[str] = field(default_factory=lambda: ["head"])
 
 
@@ -40,6 +41,7 @@ def relief_keep(w: torch.Tensor, x_mean: torch.Tensor, live: torch.Tensor,
     return keep.view_as(w) & live
 
 
+@defaults_from(CPSConf)
 class CPS(TaskAware):
     """Continual Prune-and-Select (Dekhovich et al., Applied Intelligence 2023). Task t
     trains the weights no earlier subnetwork owns, reading the owned ones read-only; after
@@ -60,9 +62,9 @@ class CPS(TaskAware):
 
     supported_scenarios = ("class_il", "task_il")
 
-    def __init__(self, alpha: float = 0.9, iters: int = 1, retrain: float = 0.3,
-                 prune_samples: int = 1000, select: str = "max_output",
-                 dense_layers: list[str] | tuple = ("head",), **kw):
+    def __init__(self, alpha: float, iters: int, retrain: float,
+                 prune_samples: int, select: str,
+                 dense_layers: list[str] | tuple, **kw):
         if not 0 < alpha <= 1:
             raise ValueError(f"method.alpha={alpha} must be in (0, 1] (importance kept)")
         if iters < 0:

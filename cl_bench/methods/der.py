@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cl_bench.data.batch import Batch
 from cl_bench.methods.er import ER, ReplayConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "der")
@@ -17,6 +17,7 @@ class DERConf(ReplayConf):
     alpha: float = 0.3  # weight of the logit-matching (MSE) term
 
 
+@defaults_from(DERConf)
 class DER(ER):
     """Dark Experience Replay (Buzzega et al., NeurIPS 2020, "Dark Experience for General
     Continual Learning"): memory holds the logits each sample had when it was stored, and
@@ -24,7 +25,7 @@ class DER(ER):
 
     stability_knobs = ("alpha",)
 
-    def __init__(self, alpha: float = 0.3, **kw):
+    def __init__(self, alpha: float, **kw):
         super().__init__(**kw)
         self.alpha = alpha
 

@@ -10,7 +10,7 @@ import torch
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method, MethodConf
 from cl_bench.models.ebm import EBMMLP, EBMGated
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 NEGATIVES = ("task", "batch")
 REPLAY_WEIGHTS = ("task", "mean")
@@ -24,6 +24,7 @@ class EBMConf(MethodConf):
     replay_weight: str = "task"  # task: current 1/t, replayed 1 - 1/t | mean: one mean
 
 
+@defaults_from(EBMConf)
 class EBM(Method):
     """The energy-based classifier of Li et al. (CoLLAs 2022) on a label-conditioned
     energy network (`model=ebm_mlp`, or `model=ebm_gated` on CIFAR-100 features;
@@ -51,8 +52,8 @@ class EBM(Method):
 
     supported_streams = ("task", "online", "task_free", "blurry")
 
-    def __init__(self, negatives: str = "task", replay_batch_size: int = 0,
-                 replay_weight: str = "task", **kw):
+    def __init__(self, negatives: str, replay_batch_size: int,
+                 replay_weight: str, **kw):
         if not isinstance(kw["model"], EBMMLP | EBMGated):
             raise ConfigError("method=ebm needs an energy network: model=ebm_mlp or "
                               "model=ebm_gated, got "

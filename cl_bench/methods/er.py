@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cl_bench.methods.base import Method, MethodConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "replay")
 @dataclass
 class ReplayConf(MethodConf):
+    # = budget.batch_size: RER pairs the i-th current and replayed samples
     replay_batch_size: int = 10
 
 
+@defaults_from(ReplayConf)
 class ER(Method):
     """Experience Replay (Chaudhry et al., 2019, "On Tiny Episodic Memories in Continual
     Learning"): each step trains on the current batch joined with a batch sampled from
@@ -22,7 +24,7 @@ class ER(Method):
     memory_needs = frozenset({"add", "sample"})
     supported_streams = ("task", "online", "task_free", "blurry")  # nothing at boundaries
 
-    def __init__(self, replay_batch_size: int = 10, **kw):
+    def __init__(self, replay_batch_size: int, **kw):
         super().__init__(**kw)
         if replay_batch_size < 1:
             raise ValueError(f"method.replay_batch_size must be >= 1, got {replay_batch_size}")

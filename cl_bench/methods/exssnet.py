@@ -11,7 +11,7 @@ from torch import nn
 from cl_bench.errors import ConfigError
 from cl_bench.methods.supsup import SupermaskConf, SupermaskMethod
 from cl_bench.models.task_masked import selecting
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "exssnet")
@@ -25,6 +25,7 @@ class ExSSNeTConf(SupermaskConf):
     knn_samples: int = 1000      # training samples of the new task the k-NN sees (66% fit)
 
 
+@defaults_from(ExSSNeTConf)
 class ExSSNeT(SupermaskMethod):
     """ExSSNeT (Yadav & Bansal, CVPR 2023, "Exclusive Supermask Subnetwork Training for
     Continual Learning"): each task first learns a supermask over the shared weights (as
@@ -39,9 +40,9 @@ class ExSSNeT(SupermaskMethod):
     phase has its own learning rate (`weight_lr`; mask 0.01, weights 0.001 in its README).
     The weights start as signed constants, as in the reference code."""
 
-    def __init__(self, mask_fraction: float = 0.5, exclusive: bool = True,
-                 weight_lr: float | None = None, kkt: bool = True, knn_k: int = 200,
-                 knn_samples: int = 1000, **kw):
+    def __init__(self, mask_fraction: float, exclusive: bool,
+                 weight_lr: float | None, kkt: bool, knn_k: int,
+                 knn_samples: int, **kw):
         super().__init__(**kw)
         if not 0 < mask_fraction <= 1:
             raise ConfigError(f"method.mask_fraction={mask_fraction} must be in (0, 1]")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cl_bench.methods.base import Method, MethodConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "gdumb")
@@ -17,6 +17,7 @@ class GDumbConf(MethodConf):
     batch_size: int = 32
 
 
+@defaults_from(GDumbConf)
 class GDumb(Method):
     """GDumb (Prabhu et al., ECCV 2020, "GDumb: A Simple Approach that Questions Our
     Progress in Continual Learning"): the stream only fills a class-balanced memory
@@ -27,7 +28,7 @@ class GDumb(Method):
     memory_needs = frozenset({"add"})
     memory_hint = "choose memory=class_balanced (GDumb's sampler)"
 
-    def __init__(self, epochs: int = 30, batch_size: int = 32, **kw):
+    def __init__(self, epochs: int, batch_size: int, **kw):
         super().__init__(**kw)
         self.epochs = epochs
         self.batch_size = batch_size

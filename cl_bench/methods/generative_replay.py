@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from cl_bench.methods.latent_replay import LatentReplay
+from dataclasses import dataclass
+
+from cl_bench.methods.latent_replay import LatentReplay, LatentReplayConf
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("method", "generative_replay")
+@dataclass
+class GenerativeReplayConf(LatentReplayConf):
+    per_class_prior: bool = False  # DGR: N(0, I) prior, unconditional sampling (Shin et al.)
+
+
+@defaults_from(GenerativeReplayConf)
 class GenerativeReplay(LatentReplay):
     """DGR (Shin et al., 2017, "Continual Learning with Deep Generative Replay") with the
     distillation targets of van de Ven & Tolias (2019, "Three scenarios for continual

@@ -10,18 +10,19 @@ from torch import nn
 
 from cl_bench.methods.base import MethodConf
 from cl_bench.methods.isolation import TaskAware, view_layers
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "hat")
 @dataclass
 class HATConf(MethodConf):
-    smax: float = 400.0
-    c: float = 0.75
-    anneal: str = "epoch"
-    thres_cosh: float = 50.0
-    thres_emb: float = 6.0
-    hard: bool = True
+    smax: float = 400.0  # s at the end of each annealing and at test (paper's grid choice)
+    c: float = 0.75  # weight of the attention regulariser (paper's grid choice)
+    anneal: str = "epoch"  # epoch: s from 1/smax to smax over each epoch's batches | task
+    thres_cosh: float = 50.0  # clamp of s*e in the gradient compensation (authors' code)
+    thres_emb: float = 6.0  # embeddings clamped to +-thres_emb after each step (authors' code)
+    hard: bool = True  # binarised gates 1[e>0] at test and in the cumulative attention
+    # not gated: the per-task heads
     dense_layers: list[str] = field(default_factory=lambda: ["head"])
 
 
@@ -40,6 +41,7 @@ def compensation(e: torch.Tensor, s: float, smax: float, thres_cosh: float) -> t
     return smax / s * num / (torch.cosh(e) + 1)
 
 
+@defaults_from(HATConf)
 class HAT(TaskAware):
     """HAT (Serrà et al., ICML 2018, "Overcoming Catastrophic Forgetting with Hard
     Attention to the Task"). Every unit (output feature or channel) of each layer but the
@@ -59,9 +61,9 @@ class HAT(TaskAware):
 
     supported_scenarios = ("task_il",)
 
-    def __init__(self, smax: float = 400.0, c: float = 0.75, anneal: str = "epoch",
-                 thres_cosh: float = 50.0, thres_emb: float = 6.0, hard: bool = True,
-                 dense_layers: list[str] | tuple = ("head",), **kw):
+    def __init__(self, smax: float, c: float, anneal: str,
+                 thres_cosh: float, thres_emb: float, hard: bool,
+                 dense_layers: list[str] | tuple, **kw):
         if smax <= 1:
             raise ValueError(f"method.smax={smax} must be > 1")
         if c < 0:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cl_bench.methods.latent_replay import LatentReplay, LatentReplayConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "internal_replay")
 @dataclass
 class InternalReplayConf(LatentReplayConf):
     replay_level: int = 0
+    gate_prop: float = 0.8  # BI-R's decoder gating (its split-MNIST default; CIFAR-100: 0.7)
 
 
+@defaults_from(InternalReplayConf)
 class InternalReplay(LatentReplay):
     """Internal replay (van de Ven, Siegelmann & Tolias, 2020, "Brain-inspired replay for
     continual learning with artificial neural networks"): generated features are replayed
@@ -22,7 +24,7 @@ class InternalReplay(LatentReplay):
     switches: `per_class_prior` (conditional replay), `gate_prop` (decoder gating based on
     internal context) and `distill` (soft targets)."""
 
-    def __init__(self, replay_level: int = 0, **kw):
+    def __init__(self, replay_level: int, **kw):
         super().__init__(**kw)
         if not 0 <= replay_level < self.view.n_levels:
             raise ValueError(f"method.replay_level={replay_level} must be in "

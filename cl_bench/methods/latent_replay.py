@@ -27,16 +27,16 @@ class LatentReplayConf(MethodConf):
     replay_batch_size: int = 128
     z_dim: int = 100
     generator_lr: float = 0.001
-    per_class_prior: bool = True
+    per_class_prior: bool = True  # conditional replay: one prior mode per class
     gate_prop: float = 0.0
     recon_loss: str = "auto"  # auto | bce | mse (auto: bce when level 0 is raw pixels)
     kl_divisor: float | None = None  # null: the width of level 0
-    distill: bool = True
+    distill: bool = True  # soft targets from the previous classifier (KD, T = temperature)
     temperature: float = 2.0
-    decode_to_level: bool = True
+    decode_to_level: bool = True  # the generator stops decoding at the sample's level
     targets: str = "from_injected_level"  # from_a0 | from_injected_level
     partition: str = "batch_split"  # batch_split | temporal
-    save_samples: bool = True
+    save_samples: bool = True  # samples_task{t}.png per task when level 0 is an image
     seed: int = 0
 
 
@@ -89,13 +89,13 @@ class LatentReplay(Method):
 
     supported_scenarios = ("class_il", "task_il")
 
-    def __init__(self, *, replay_batch_size: int = 128, z_dim: int = 100,
-                 generator_lr: float = 1e-3, per_class_prior: bool = True,
-                 gate_prop: float = 0.0, recon_loss: str = "auto",
-                 kl_divisor: float | None = None, distill: bool = True, temperature: float = 2.0,
-                 decode_to_level: bool = True, targets: str = "from_injected_level",
-                 partition: str = "batch_split", save_samples: bool = True,
-                 seed: int = 0, **kw):
+    def __init__(self, *, replay_batch_size: int, z_dim: int,
+                 generator_lr: float, per_class_prior: bool,
+                 gate_prop: float, recon_loss: str,
+                 kl_divisor: float | None, distill: bool, temperature: float,
+                 decode_to_level: bool, targets: str,
+                 partition: str, save_samples: bool,
+                 seed: int, **kw):
         super().__init__(**kw)
         if targets not in TARGETS:
             raise ValueError(f"method.targets={targets!r}: choose one of {list(TARGETS)}")

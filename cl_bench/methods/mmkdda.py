@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from cl_bench.errors import ConfigError
 from cl_bench.methods.er import ER, ReplayConf
 from cl_bench.models.levels import capture, default_level_names, level_modules
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 MIXES = ("none", "mixup", "cutmix")
 PARTNERS = ("shuffle", "cross")
@@ -25,7 +25,8 @@ DISTANCES = ("l2", "squared")
 class MMKDDAConf(ReplayConf):
     distill_weight: float = 0.1  # lambda of the paper's eq. (5)
     levels: list[str] | None = None  # module names of the feature levels; null: the model's
-    scales: list[int] | None = None  # regions per side of each pooling scale; null: [1, 2]
+    scales: list[int] | None = field(default_factory=lambda: [1, 2])  # regions per side of
+    # each pooling scale (the paper: scales 1 and 1/2); null: [1, 2]
     distance: str = "l2"  # l2 (the paper's norm) | squared
     mix: str = "cutmix"  # none | mixup | cutmix
     mix_alpha: float = 1.0  # lambda ~ Beta(alpha, alpha)
@@ -100,6 +101,7 @@ def mix(x: torch.Tensor, partner: torch.Tensor, lam: float, kind: str,
     return mixed, 1.0 - (r1 - r0) * (c1 - c0) / (height * width)
 
 
+@defaults_from(MMKDDAConf)
 class MMKDDA(ER):
     """MMKDDA (Han & Liu, "Online Continual Learning via the Meta-learning Update with
     Multi-scale Knowledge Distillation and Data Augmentation", EAAI 2022, arXiv 2209.06107;
@@ -146,12 +148,12 @@ class MMKDDA(ER):
     stability_knobs = ("distill_weight",)
     inner_flops = "meta"
 
-    def __init__(self, distill_weight: float = 0.1, levels: list[str] | None = None,
-                 scales: list[int] | None = None, distance: str = "l2", mix: str = "cutmix",
-                 mix_alpha: float = 1.0, mix_fraction: float = 1.0,
-                 mix_partner: str = "shuffle", inner_steps: int = 2,
-                 outer_schedule: str = "exp", outer_decay: float = 2.0,
-                 outer_lr: float = 1.0, **kw):
+    def __init__(self, distill_weight: float, levels: list[str] | None,
+                 scales: list[int] | None, distance: str, mix: str,
+                 mix_alpha: float, mix_fraction: float,
+                 mix_partner: str, inner_steps: int,
+                 outer_schedule: str, outer_decay: float,
+                 outer_lr: float, **kw):
         scales = [1, 2] if scales is None else list(scales)
         for key, value, allowed in (("distance", distance, DISTANCES), ("mix", mix, MIXES),
                                     ("mix_partner", mix_partner, PARTNERS),

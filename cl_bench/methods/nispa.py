@@ -10,18 +10,20 @@ from torch import nn
 
 from cl_bench.methods.base import MethodConf
 from cl_bench.methods.isolation import TaskAware, view_layers
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "nispa")
 @dataclass
 class NISPAConf(MethodConf):
+    # weight density of the static random connectivity (paper: 0.2 MLP, 0.1 conv)
     density: float = 0.2
-    phases: int = 5
-    k: float = 10.0
-    min_activation: float = 0.05
-    act_samples: int = 1000
-    reinit: bool = True
+    phases: int = 5  # phases per task (equal shares of its planned steps); selection between
+    k: float = 10.0  # a_t = (1 + cos(t pi / k)) / 2 (paper: k = 30 with 5-epoch phases)
+    min_activation: float = 0.05  # no selection once a_t <= this (paper: 5%)
+    act_samples: int = 1000  # training inputs of the task for the mean unit activations
+    reinit: bool = True  # re-initialise everything but the frozen stable paths after a task
+    # layers kept dense (none: the head is sparse too, as the paper)
     dense_layers: list[str] = field(default_factory=list)
 
 
@@ -40,6 +42,7 @@ def top_units(act: torch.Tensor, share: float) -> torch.Tensor:
     return keep
 
 
+@defaults_from(NISPAConf)
 class NISPA(TaskAware):
     """NISPA (Gurbuz & Dovrolis, ICML 2022, "NISPA: Neuro-Inspired Stability-Plasticity
     Adaptation for Continual Learning in Sparse Networks"). A network of fixed weight
@@ -65,9 +68,9 @@ class NISPA(TaskAware):
     predict_needs_task_ids = False
     needs = frozenset({"planned_steps"})
 
-    def __init__(self, density: float = 0.2, phases: int = 5, k: float = 10.0,
-                 min_activation: float = 0.05, act_samples: int = 1000, reinit: bool = True,
-                 dense_layers: list[str] | tuple = (), **kw):
+    def __init__(self, density: float, phases: int, k: float,
+                 min_activation: float, act_samples: int, reinit: bool,
+                 dense_layers: list[str] | tuple, **kw):
         if not 0 < density <= 1:
             raise ValueError(f"method.density={density} must be in (0, 1]")
         if phases < 2:

@@ -9,17 +9,19 @@ import torch
 
 from cl_bench.methods.base import MethodConf
 from cl_bench.methods.isolation import TaskAware, view_layers
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "packnet")
 @dataclass
 class PackNetConf(MethodConf):
-    prune: float = 0.75
-    retrain: float = 0.3
+    prune: float = 0.75  # fraction of the task's free weights released (by magnitude, per layer)
+    retrain: float = 0.3  # share of the task's planned steps spent retraining after pruning
+    # not pruned: the per-task heads (rows of each task's classes)
     dense_layers: list[str] = field(default_factory=lambda: ["head"])
 
 
+@defaults_from(PackNetConf)
 class PackNet(TaskAware):
     """PackNet (Mallya & Lazebnik, CVPR 2018, "PackNet: Adding Multiple Tasks to a Single
     Network by Iterative Pruning"). Task t trains the free weights (owner 0) while the
@@ -36,8 +38,8 @@ class PackNet(TaskAware):
     supported_scenarios = ("task_il",)
     needs = frozenset({"planned_steps"})
 
-    def __init__(self, prune: float = 0.75, retrain: float = 0.3,
-                 dense_layers: list[str] | tuple = ("head",), **kw):
+    def __init__(self, prune: float, retrain: float,
+                 dense_layers: list[str] | tuple, **kw):
         if not 0 < prune < 1:
             raise ValueError(f"method.prune={prune} must be in (0, 1) (fraction of the "
                              "task's free weights released after training)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cl_bench.methods.latent_replay import LatentReplay, LatentReplayConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 RULES = ("uniform", "cumulative_weights", "total_weights", "explicit")
 
@@ -39,6 +39,7 @@ class PLRConf(LatentReplayConf):
     frequencies: list[float] | None = None  # for rule=explicit: f_0 .. f_{L-1}
 
 
+@defaults_from(PLRConf)
 class PLR(LatentReplay):
     """Progressive Latent Replay (Pawlak et al., 2022, "Progressive Latent Replay as
     Efficient Generative Rehearsal"): each replay minibatch is split by injection level
@@ -47,7 +48,7 @@ class PLR(LatentReplay):
     its level. `partition=temporal` instead replays the whole batch at one level per
     step, level k on a fraction f_k of the steps."""
 
-    def __init__(self, rule: str = "cumulative_weights", frequencies: list[float] | None = None,
+    def __init__(self, rule: str, frequencies: list[float] | None,
                  **kw):
         super().__init__(**kw)
         self.frequencies = plr_frequencies(rule, self.view.param_counts(),

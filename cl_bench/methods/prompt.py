@@ -8,7 +8,7 @@ import torch
 
 from cl_bench.methods.base import Method, MethodConf
 from cl_bench.models.prompts import CodaPrompts, DualPrompts, L2PPrompts, Prompted
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 class PromptMethod(Method):
@@ -23,7 +23,7 @@ class PromptMethod(Method):
     supported_scenarios = ("class_il", "task_il")
     supported_streams = ("task",)
 
-    def __init__(self, pull: float = 0.1, **kw):
+    def __init__(self, pull: float, **kw):
         super().__init__(**kw)
         self.pull = pull
         self._use: torch.Tensor | None = None  # (tasks, prompts) counts of the choices
@@ -91,12 +91,13 @@ class L2PConf(MethodConf):
     pull: float = 0.1
 
 
+@defaults_from(L2PConf)
 class L2P(PromptMethod):
     """Learning to Prompt (Wang et al., CVPR 2022): a shared prompt pool chosen by key-query
     match (see `L2PPrompts`); no buffer, no task id at test."""
 
-    def __init__(self, pool: int = 10, length: int = 5, top_n: int = 4,
-                 batchwise: bool = False, **kw):
+    def __init__(self, pool: int, length: int, top_n: int,
+                 batchwise: bool, **kw):
         self.shape = dict(pool=pool, length=length, top_n=top_n, batchwise=batchwise)
         super().__init__(**kw)
 
@@ -114,13 +115,14 @@ class DualPromptConf(MethodConf):
     pull: float = 1.0
 
 
+@defaults_from(DualPromptConf)
 class DualPrompt(PromptMethod):
     """DualPrompt (Wang et al., ECCV 2022): G-prompt and per-task E-prompts by prefix
     tuning (see `DualPrompts`); trains with the sample's task's E-prompt, chooses it by key
     at test, and reports how often that choice is the true task (`task_select_acc`)."""
 
-    def __init__(self, g_layers=(0, 1), g_length: int = 5, e_layers=(2, 3),
-                 e_length: int = 5, **kw):
+    def __init__(self, g_layers, g_length: int, e_layers,
+                 e_length: int, **kw):
         self.shape = dict(g_layers=g_layers, g_length=g_length, e_layers=e_layers,
                           e_length=e_length)
         super().__init__(**kw)
@@ -156,13 +158,14 @@ class CodaPromptConf(MethodConf):
     pull: float = 0.0
 
 
+@defaults_from(CodaPromptConf)
 class CodaPrompt(PromptMethod):
     """CODA-Prompt (Smith et al., CVPR 2023): an attention-weighted sum of prompt
     components, end to end with no key-query pull (see `CodaPrompts`). The reference's
     orthogonality penalty is 0 in its CIFAR config; only the orthogonal initialisation of
     each task's components is kept."""
 
-    def __init__(self, pool: int = 100, length: int = 8, layers=(0, 1, 2, 3), **kw):
+    def __init__(self, pool: int, length: int, layers, **kw):
         self.shape = dict(pool=pool, length=length, layers=layers)
         super().__init__(**kw)
 

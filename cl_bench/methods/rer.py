@@ -13,7 +13,7 @@ from cl_bench.data.batch import Batch
 from cl_bench.methods.derpp import DERpp, DERppConf
 from cl_bench.methods.er import ER, ReplayConf
 from cl_bench.methods.er_ace import ERACE
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @dataclass
@@ -111,9 +111,9 @@ class Relational:
     weight_names: tuple[str, ...] = ("new", "buf")  # summary/log names, one per pair column
     term_names: tuple[str, ...] = ("ce", "replay")  # the loss terms of the learned phase
 
-    def __init__(self, meta_every: int = 5, warm_start: float = 0.5, meta_lr: float = 1e-3,
-                 meta_weight_decay: float = 1e-4, hidden: int = 16,
-                 constant_weights: list[float] | None = None, **kw):
+    def __init__(self, meta_every: int, warm_start: float, meta_lr: float,
+                 meta_weight_decay: float, hidden: int,
+                 constant_weights: list[float] | None, **kw):
         if meta_every < 1:
             raise ValueError(f"method.meta_every must be >= 1, got {meta_every}")
         if not 0 <= warm_start <= 1:
@@ -266,6 +266,7 @@ class Relational:
         self.meta_steps, self.task_weights = rer["meta_steps"], list(rer["task_weights"])
 
 
+@defaults_from(RERConf)
 class RelationalER(Relational, ER):
     """RER over ER (the authors' `r_er`): pairs (current sample, replayed sample); one
     forward over the joined batch, as ER's."""
@@ -281,6 +282,7 @@ class RelationalER(Relational, ER):
         return torch.stack([ce[:n], ce[n:]], 1), torch.stack([norms[:n], norms[n:]], 1)
 
 
+@defaults_from(RERConf)
 class RelationalERACE(Relational, ERACE):
     """RER over ER-ACE (the authors' `r_erace`): the current sample's CE over the classes
     present in its batch, paired with a replayed sample's CE."""
@@ -297,6 +299,7 @@ class RelationalERACE(Relational, ERACE):
                 torch.stack([logits.norm(dim=1), out.norm(dim=1)], 1))
 
 
+@defaults_from(RERDERppConf)
 class RelationalDERpp(Relational, DERpp):
     """RER over DER++ (the authors' `r_der`): triples (current sample's CE, a replayed
     sample's logit MSE, another replayed sample's CE), weights [w_new, w_mse, w_buf];

@@ -10,7 +10,7 @@ from torch import nn
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method, MethodConf
 from cl_bench.models.task_masked import selecting, unpack_bits, wrap_task_masked
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "supermask")
@@ -48,8 +48,8 @@ class SupermaskMethod(Method):
     trains_weights = False
     soft = 0.0
 
-    def __init__(self, density: float = 0.1, infer_task: bool = False, infer_batch: int = 64,
-                 weight_init: str = "signed_constant", **kw):
+    def __init__(self, density: float, infer_task: bool, infer_batch: int,
+                 weight_init: str, **kw):
         super().__init__(**kw)
         if infer_batch < 1:
             raise ConfigError(f"method.infer_batch={infer_batch} must be >= 1")
@@ -177,6 +177,7 @@ class SupermaskMethod(Method):
         return out
 
 
+@defaults_from(SupermaskConf)
 class SupSup(SupermaskMethod):
     """SupSup, "Supermasks in Superposition" (Wortsman et al., NeurIPS 2020): the weights
     are random signed constants and never train; each task learns only the scores of its

@@ -13,7 +13,7 @@ from cl_bench.data.batch import Batch
 from cl_bench.errors import ConfigError
 from cl_bench.methods.derpp import DERpp, DERppConf
 from cl_bench.models.levels import capture, level_modules
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 SIBLING_BN = ("batch", "running")
 
@@ -21,13 +21,15 @@ SIBLING_BN = ("batch", "running")
 @schema("method", "twf")
 @dataclass
 class TwFConf(DERppConf):
+    alpha: float = 0.3  # der_alpha: logit replay (Mammoth models/config/twf.yaml, seq-cifar10)
+    beta: float = 0.9  # der_beta: label replay (Mammoth, as alpha)
     lambda_fp: float = 5e-4  # weight of the whole feature-propagation term
     lambda_fp_replay: float = 0.1  # mask replay (BCE to stored masks), inside lambda_fp
     lambda_diverse_loss: float = 0.1  # attention diversity, inside lambda_fp
     levels: list[str] | None = None  # module names; null: the stem's bn1 and the 4 stages
     sibling_bn: str = "batch"  # batch (Mammoth: the sibling's BN uses batch statistics) | running
     gumbel_tau: float = 0.6666666666666666  # temperature of the hard binary Gumbel-softmax
-    diverse_temp: float = 2.0
+    diverse_temp: float = 2.0  # DiverseLoss temperature (Mammoth: 2)
     overhaul: bool = True  # overhaul-distillation margin on the sibling, skip both-negative
     min_resize: int = 16  # stored masks of maps at least this tall are halved (nearest)
     refresh_masks: bool = True  # at a task's end, recompute its buffered masks (eval mode)
@@ -146,6 +148,7 @@ def _channels(module: nn.Module) -> int | None:
     return norms[-1].num_features if norms else None
 
 
+@defaults_from(TwFConf)
 class TwF(DERpp):
     """Transfer without Forgetting (Boschini et al., ECCV 2022, arXiv 2206.00388; reference
     code: Mammoth `models/twf.py`, `models/twf_utils/`). DER++ plus a frozen copy of the
@@ -179,11 +182,11 @@ class TwF(DERpp):
     supported_streams = ("task", "online", "blurry")
     stability_knobs = ("alpha", "beta", "lambda_fp")
 
-    def __init__(self, lambda_fp: float = 5e-4, lambda_fp_replay: float = 0.1,
-                 lambda_diverse_loss: float = 0.1, levels: list[str] | None = None,
-                 sibling_bn: str = "batch", gumbel_tau: float = 2 / 3,
-                 diverse_temp: float = 2.0, overhaul: bool = True, min_resize: int = 16,
-                 refresh_masks: bool = True, **kw):
+    def __init__(self, lambda_fp: float, lambda_fp_replay: float,
+                 lambda_diverse_loss: float, levels: list[str] | None,
+                 sibling_bn: str, gumbel_tau: float,
+                 diverse_temp: float, overhaul: bool, min_resize: int,
+                 refresh_masks: bool, **kw):
         model = kw["model"]
         if not hasattr(model, "stages"):
             raise ConfigError(f"method=twf needs a ResNet with `stages`, got model "

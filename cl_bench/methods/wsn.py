@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cl_bench.errors import ConfigError
 from cl_bench.methods.supsup import SupermaskConf, SupermaskMethod
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 @schema("method", "wsn")
@@ -16,6 +16,7 @@ class WSNConf(SupermaskConf):
     soft: float = 0.0    # SoftNet: non-mask weights enter at noise ~ U(0, soft)
 
 
+@defaults_from(WSNConf)
 class WSN(SupermaskMethod):
     """WSN (Kang et al., ICML 2022, "Forget-free Continual Learning with Winning
     Subnetworks"): the weights and one score per weight train together; a task's mask is
@@ -26,7 +27,7 @@ class WSN(SupermaskMethod):
 
     trains_weights = True
 
-    def __init__(self, soft: float = 0.0, **kw):
+    def __init__(self, soft: float, **kw):
         if soft < 0:
             raise ConfigError(f"method.soft={soft} must be >= 0")
         self.soft = soft
@@ -47,6 +48,13 @@ class WSN(SupermaskMethod):
                 m.weight.grad.mul_(free)
 
 
+@schema("method", "softnet")
+@dataclass
+class SoftNetConf(WSNConf):
+    soft: float = 0.1  # background noise scale U(0, soft); the paper leaves it to a setting
+
+
+@defaults_from(SoftNetConf)
 class SoftNet(WSN):
     """SoftNet (Kang et al., "Forget-free Continual Learning with Soft-Winning
     SubNetworks", 2023): WSN whose masks are non-binary, the binary mask m plus small noise
@@ -55,7 +63,7 @@ class SoftNet(WSN):
     The background weights an old task reads may be trained by later tasks, so unlike WSN
     old-task outputs can drift (by about `soft` times the change of those weights)."""
 
-    def __init__(self, soft: float = 0.1, **kw):
+    def __init__(self, soft: float, **kw):
         if soft <= 0:
             raise ConfigError(f"method.soft={soft} must be > 0 for softnet (0 is method=wsn)")
         super().__init__(soft=soft, **kw)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 CHANNELS = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2)]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -75,11 +75,21 @@ def save_conv5(extractor: nn.Sequential, head: nn.Linear, path: str | Path) -> N
     np.savez(path, **{k: v.detach().cpu().float().numpy() for k, v in arrays.items()})
 
 
+@schema("model", "conv5_frozen")
+@dataclass
+class Conv5FrozenConf:
+    _target_: str = "cl_bench.models.conv5.Conv5Frozen"
+    name: str = "conv5_frozen"
+    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    weights: str | None = "${weights.root}/" + DEFAULT_WEIGHTS
+
+
+@defaults_from(Conv5FrozenConf)
 class Conv5Frozen(nn.Module):
     """Frozen conv5 extractor (weights from `weights`, kept in eval mode) -> trainable
     [Linear -> ReLU] x len(hidden) -> Linear head: BI-R's 1024-2000-2000-100 classifier."""
 
-    def __init__(self, input_shape, n_classes: int, hidden=(2000, 2000),
+    def __init__(self, input_shape, n_classes: int, hidden,
                  weights: str | None = None):
         super().__init__()
         if tuple(input_shape) != (3, 32, 32):
@@ -107,12 +117,3 @@ class Conv5Frozen(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-@schema("model", "conv5_frozen")
-@dataclass
-class Conv5FrozenConf:
-    _target_: str = "cl_bench.models.conv5.Conv5Frozen"
-    name: str = "conv5_frozen"
-    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
-    weights: str | None = "${weights.root}/" + DEFAULT_WEIGHTS

@@ -7,15 +7,25 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("model", "convnet")
+@dataclass
+class ConvNetConf:
+    _target_: str = "cl_bench.models.convnet.ConvNet"
+    name: str = "convnet"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    hidden: int = 256
+
+
+@defaults_from(ConvNetConf)
 class ConvNet(nn.Module):
     """[Conv3x3 -> ReLU -> MaxPool2] per entry of `channels`, then Linear(`hidden`) -> ReLU
     -> Linear head; the small conv nets of the SupSup/WSN/HAT CIFAR experiments, narrowed
     (default 32-64-128, 256 hidden: about 11 MMAC per 32x32 image)."""
 
-    def __init__(self, input_shape, n_classes: int, channels=(32, 64, 128), hidden: int = 256):
+    def __init__(self, input_shape, n_classes: int, channels, hidden: int):
         super().__init__()
         if not channels or any(c < 1 for c in channels) or hidden < 1:
             raise ValueError(f"model.channels={list(channels)} and model.hidden={hidden} "
@@ -35,12 +45,3 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-@schema("model", "convnet")
-@dataclass
-class ConvNetConf:
-    _target_: str = "cl_bench.models.convnet.ConvNet"
-    name: str = "convnet"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    hidden: int = 256

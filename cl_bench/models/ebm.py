@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.budget.flops import register_flops
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 class LabelScores(nn.Module):
@@ -24,6 +24,16 @@ class LabelScores(nn.Module):
 register_flops(LabelScores, lambda m, inputs, out: 2 * out.numel() * inputs[0].shape[1])
 
 
+@schema("model", "ebm_mlp")
+@dataclass
+class EBMMLPConf:
+    _target_: str = "cl_bench.models.ebm.EBMMLP"
+    name: str = "ebm_mlp"
+    hidden: int = 400
+    layers: int = 1  # 1: boundary-aware network; 2: boundary-agnostic (a second gated layer)
+
+
+@defaults_from(EBMMLPConf)
 class EBMMLP(nn.Module):
     """The paper's split-MNIST `EBM_MLP`: h = W1 x; with e_y = normalize(Embedding(y)),
     h' = ReLU(h + h * e_y) (with `layers=2` once more after W2, the boundary-agnostic
@@ -33,7 +43,7 @@ class EBMMLP(nn.Module):
     `labels` of shape [B, K] (per sample), [K] (shared by the batch) or None (every
     class). W1 x is computed once per sample and broadcast over the labels."""
 
-    def __init__(self, input_shape, n_classes: int, hidden: int = 400, layers: int = 1):
+    def __init__(self, input_shape, n_classes: int, hidden: int, layers: int):
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"model.layers={layers}: choose 1 (boundary-aware network) or 2 "
@@ -67,6 +77,16 @@ class EBMMLP(nn.Module):
         return self.energy(h).squeeze(-1)
 
 
+@schema("model", "ebm_gated")
+@dataclass
+class EBMGatedConf:
+    _target_: str = "cl_bench.models.ebm.EBMGated"
+    name: str = "ebm_gated"
+    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    mask_prob: float = 0.85  # probability that a unit is gated off for a class
+
+
+@defaults_from(EBMGatedConf)
 class EBMGated(nn.Module):
     """The paper's split-CIFAR-100 energy network (`EBM_net_cifar100` of the reference, on
     the frozen conv5 features): fc layers whose units are gated by a fixed random binary
@@ -75,8 +95,8 @@ class EBMGated(nn.Module):
     then a scalar energy. `forward(x, labels)` as `EBMMLP`; the first layer runs once per
     sample, the later ones once per (sample, label)."""
 
-    def __init__(self, input_shape, n_classes: int, hidden=(2000, 2000),
-                 mask_prob: float = 0.85):
+    def __init__(self, input_shape, n_classes: int, hidden,
+                 mask_prob: float):
         super().__init__()
         if not hidden or any(h < 1 for h in hidden):
             raise ValueError(f"model.hidden={list(hidden)}: give one or more widths >= 1")
@@ -99,21 +119,3 @@ class EBMGated(nn.Module):
             gate = getattr(self, f"gate{i}")[labels]  # [K, H] or [B, K, H]
             h = F.relu(fc(h) * gate)  # [B, K, H]
         return self.energy(h).squeeze(-1)
-
-
-@schema("model", "ebm_gated")
-@dataclass
-class EBMGatedConf:
-    _target_: str = "cl_bench.models.ebm.EBMGated"
-    name: str = "ebm_gated"
-    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
-    mask_prob: float = 0.85  # probability that a unit is gated off for a class
-
-
-@schema("model", "ebm_mlp")
-@dataclass
-class EBMMLPConf:
-    _target_: str = "cl_bench.models.ebm.EBMMLP"
-    name: str = "ebm_mlp"
-    hidden: int = 400
-    layers: int = 1  # 1: boundary-aware network; 2: boundary-agnostic (a second gated layer)

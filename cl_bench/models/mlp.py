@@ -7,14 +7,24 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("model", "mlp")
+@dataclass
+class MLPConf:
+    _target_: str = "cl_bench.models.mlp.MLP"
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    head: str = "linear"  # linear | nmc (predict by nearest class mean)
+
+
+@defaults_from(MLPConf)
 class MLP(nn.Module):
     """Flatten -> [Linear -> ReLU] x len(hidden) -> Linear head (e.g. the 2x400 MLP of
     van de Ven et al., 2020, or the 2x100 MLP of the DER paper)."""
 
-    def __init__(self, input_shape, n_classes: int, hidden=(400, 400), head: str = "linear"):
+    def __init__(self, input_shape, n_classes: int, hidden, head: str):
         super().__init__()
         if head not in ("linear", "nmc"):
             raise ValueError(f"model.head={head!r}: choose 'linear' or 'nmc'")
@@ -33,12 +43,3 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-@schema("model", "mlp")
-@dataclass
-class MLPConf:
-    _target_: str = "cl_bench.models.mlp.MLP"
-    name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [400, 400])
-    head: str = "linear"  # linear | nmc (predict by nearest class mean)

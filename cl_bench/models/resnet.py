@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.models.pretrained import PretrainConf, PretrainedModelConf
-from cl_bench.schemas import schema
+from cl_bench.models.pretrained import RUNNER_KEYS, PretrainConf, PretrainedModelConf
+from cl_bench.schemas import defaults_from, schema
 
 
 class BasicBlock(nn.Module):
@@ -32,11 +32,21 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@schema("model", "resnet18_reduced")
+@dataclass
+class ReducedResNetConf(PretrainedModelConf):
+    _target_: str = "cl_bench.models.resnet.ReducedResNet18"
+    name: str = "resnet18_reduced"
+    nf: int = 20
+    pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.002, epochs=8))
+
+
+@defaults_from(ReducedResNetConf, skip=RUNNER_KEYS)  # the runner reads those
 class ReducedResNet18(nn.Module):
     """ResNet-18 with `nf` base filters (nf=20: the reduced ResNet-18 of GEM,
     Lopez-Paz & Ranzato, 2017, used across CL papers), 3x3 stem, no max-pool."""
 
-    def __init__(self, input_shape, n_classes: int, nf: int = 20):
+    def __init__(self, input_shape, n_classes: int, nf: int):
         super().__init__()
         if nf < 1:
             raise ValueError(f"model.nf={nf}: the stem width must be >= 1 (20 in the paper)")
@@ -82,17 +92,6 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.head(self.backbone(x))
-
-
-@schema("model", "resnet18_reduced")
-@dataclass
-class ReducedResNetConf(PretrainedModelConf):
-    _target_: str = "cl_bench.models.resnet.ReducedResNet18"
-    name: str = "resnet18_reduced"
-    nf: int = 20
-    pretrain: PretrainConf = field(default_factory=lambda: PretrainConf(lr=0.002, epochs=8))
-
-
 @schema("model", "resnet18")
 @dataclass
 class ResNetConf:

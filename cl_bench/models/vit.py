@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.budget.flops import register_flops
-from cl_bench.models.pretrained import PretrainedModelConf
-from cl_bench.schemas import schema
+from cl_bench.models.pretrained import RUNNER_KEYS, PretrainedModelConf
+from cl_bench.schemas import defaults_from, schema
 
 
 class AttentionCore(nn.Module):
@@ -90,15 +90,29 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@schema("model", "vit")
+@dataclass
+class ViTConf(PretrainedModelConf):
+    _target_: str = "cl_bench.models.vit.ViT"
+    name: str = "vit"
+    patch: int = 4
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    resize: int | None = None
+
+
+@defaults_from(ViTConf, skip=RUNNER_KEYS)  # the runner reads those
 class ViT(nn.Module):
     """Pre-norm ViT with a [CLS] token and learned positions. `resize`: inputs are resized
     to this many pixels first (a 224-pixel hub checkpoint on 32x32 CIFAR, as L2P does);
     null keeps them. The default is the small 32x32 ViT the CPU protocol pretrains itself
     (patch 4: 64 patches + [CLS]; dim 128, depth 4, 4 heads: ~56 M multiply-adds)."""
 
-    def __init__(self, input_shape, n_classes: int, patch: int = 4, dim: int = 128,
-                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
-                 resize: int | None = None):
+    def __init__(self, input_shape, n_classes: int, patch: int, dim: int,
+                 depth: int, heads: int, mlp_ratio: float,
+                 resize: int | None):
         super().__init__()
         c, h, w = input_shape
         side = resize or h
@@ -149,16 +163,3 @@ def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         nn.init.zeros_(m.bias)
-
-
-@schema("model", "vit")
-@dataclass
-class ViTConf(PretrainedModelConf):
-    _target_: str = "cl_bench.models.vit.ViT"
-    name: str = "vit"
-    patch: int = 4
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    resize: int | None = None

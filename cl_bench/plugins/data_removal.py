@@ -8,9 +8,19 @@ import torch
 
 from cl_bench.plugins.base import Plugin, PluginConf
 from cl_bench.plugins.forgetting import ForgettingEvents, at_step, fraction
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "data_removal")
+@dataclass
+class DataRemovalConf(PluginConf):
+    _target_: str = "cl_bench.plugins.data_removal.DataRemoval"
+    remove_frac: float = 0.3  # of each task's training set, removed in total
+    # fractions of the task's planned steps (epochs 5..20 of 50)
+    stages: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
+
+
+@defaults_from(DataRemovalConf)
 class DataRemoval(Plugin):
     """Dynamic data removal (DDR) of SparCL (Wang et al., NeurIPS 2022), as in the
     reference code `neu-spiral/SparCL`: at each of `stages` (fractions of the task's planned
@@ -23,8 +33,8 @@ class DataRemoval(Plugin):
 
     needs = frozenset({"step_logits", "planned_steps"})
 
-    def __init__(self, remove_frac: float = 0.3,
-                 stages: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)):
+    def __init__(self, remove_frac: float,
+                 stages: tuple[float, ...]):
         self.remove_frac = fraction(remove_frac, "plugins.data_removal.remove_frac")
         if not stages:
             raise ValueError("plugins.data_removal.stages=[] must list at least one fraction "
@@ -79,11 +89,3 @@ class DataRemoval(Plugin):
 
     def load_state_dict(self, state):
         self.removed = dict(state["removed"])
-
-
-@schema("plugin", "data_removal")
-@dataclass
-class DataRemovalConf(PluginConf):
-    _target_: str = "cl_bench.plugins.data_removal.DataRemoval"
-    remove_frac: float = 0.3
-    stages: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])

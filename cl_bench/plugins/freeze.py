@@ -8,7 +8,7 @@ from torch import nn
 
 from cl_bench.plugins.base import Plugin, PluginConf
 from cl_bench.plugins.forgetting import at_step, fraction
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -29,6 +29,17 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [*parts, model.head]
 
 
+@schema("plugin", "freeze")
+@dataclass
+class FreezeConf(PluginConf):
+    _target_: str = "cl_bench.plugins.freeze.Freeze"
+    blocks: int = 1  # blocks frozen from the input side (MLP: Linear layers; ResNet: stem, stages)
+    start: float = 0.5  # fraction of the task's planned steps after which freezing starts
+    # fraction of the task's steps between freezing one more block (null: all at once)
+    every: float | None = None
+
+
+@defaults_from(FreezeConf)
 class Freeze(Plugin):
     """Progressive layer freezing of SpFDE (Yuan, Li et al., NeurIPS 2022), per task: after
     `start` (fraction of the task's planned steps) the first `blocks` blocks of the model
@@ -39,7 +50,7 @@ class Freeze(Plugin):
 
     needs = frozenset({"plain_model", "planned_steps"})
 
-    def __init__(self, blocks: int = 1, start: float = 0.5, every: float | None = None):
+    def __init__(self, blocks: int, start: float, every: float | None):
         if blocks < 1:
             raise ValueError(f"plugins.freeze.blocks={blocks} must be >= 1")
         self.n_blocks = blocks
@@ -104,12 +115,3 @@ class Freeze(Plugin):
         while self.n_frozen < state["n_frozen"]:
             self._freeze_next()
         self.step = state["step"]
-
-
-@schema("plugin", "freeze")
-@dataclass
-class FreezeConf(PluginConf):
-    _target_: str = "cl_bench.plugins.freeze.Freeze"
-    blocks: int = 1
-    start: float = 0.5
-    every: float | None = None

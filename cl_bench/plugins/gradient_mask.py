@@ -8,9 +8,18 @@ import torch
 
 from cl_bench.models.masked import Masked
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "gradient_mask")
+@dataclass
+class GradientMaskConf(PluginConf):
+    _target_: str = "cl_bench.plugins.gradient_mask.GradientMask"
+    keep: float = 0.8  # fraction of the live weights whose gradient is applied (and counted)
+    refresh: int = 30  # steps between re-selections (SparCL: every 30 minibatches)
+
+
+@defaults_from(GradientMaskConf)
 class GradientMask(Plugin):
     """Dynamic gradient masking of SparCL (Wang et al., NeurIPS 2022; `neu-spiral/SparCL`
     `apply_masks_on_grads_efficient`): of each masked layer's live weights only the `keep`
@@ -22,7 +31,7 @@ class GradientMask(Plugin):
 
     needs_plugins = ("sparsity",)
 
-    def __init__(self, keep: float = 0.8, refresh: int = 30):
+    def __init__(self, keep: float, refresh: int):
         if not 0 < keep <= 1:
             raise ValueError(f"plugins.gradient_mask.keep={keep} must be in (0, 1]")
         if refresh < 1:
@@ -66,11 +75,3 @@ class GradientMask(Plugin):
 
     def load_state_dict(self, state):
         self.step, self.kept = state["step"], dict(state["kept"])
-
-
-@schema("plugin", "gradient_mask")
-@dataclass
-class GradientMaskConf(PluginConf):
-    _target_: str = "cl_bench.plugins.gradient_mask.GradientMask"
-    keep: float = 0.8
-    refresh: int = 30

@@ -8,11 +8,26 @@ import torch
 
 from cl_bench.plugins import importance
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 EPS = 1e-8  # added to every Fisher before mode-IMM's weighted mean (as the survey's code does)
 
 
+@schema("plugin", "imm")
+@dataclass
+class IMMConf(PluginConf):
+    _target_: str = "cl_bench.plugins.imm.IMM"
+    mode: str = "mean"  # mean | mode
+    # strength of ||theta - theta_{t-1}||^2 (the survey's start value); 0: off
+    l2_transfer: float = 0.01
+    # one merge weight per task (renormalised over the tasks so far); null: uniform
+    alpha: list[float] | None = None
+    # mode-IMM: training samples the Fisher averages over; null: all
+    fisher_samples: int | None = None
+    fisher_labels: str = "all"  # mode-IMM: all | sample | pred | true
+
+
+@defaults_from(IMMConf)
 class IMM(Plugin):
     """Incremental moment matching (Lee et al., NeurIPS 2017), mean-IMM and mode-IMM, with
     the weight-transfer and L2-transfer of the paper (De Lange et al.'s survey, TPAMI 2021,
@@ -43,9 +58,9 @@ class IMM(Plugin):
 
     stability_knobs = ("l2_transfer",)
 
-    def __init__(self, mode: str = "mean", l2_transfer: float = 0.01,
-                 alpha: list[float] | None = None, fisher_samples: int | None = None,
-                 fisher_labels: str = "all"):
+    def __init__(self, mode: str, l2_transfer: float,
+                 alpha: list[float] | None, fisher_samples: int | None,
+                 fisher_labels: str):
         if mode not in ("mean", "mode"):
             raise ValueError(f"plugins.imm.mode={mode!r}: choose 'mean' or 'mode'")
         if l2_transfer < 0:
@@ -124,14 +139,3 @@ class IMM(Plugin):
         model = self.method.model
         self.solutions = [importance.on_device(model, s) for s in state["solutions"]]
         self.fishers = [importance.on_device(model, f) for f in state["fishers"]]
-
-
-@schema("plugin", "imm")
-@dataclass
-class IMMConf(PluginConf):
-    _target_: str = "cl_bench.plugins.imm.IMM"
-    mode: str = "mean"
-    l2_transfer: float = 0.01
-    alpha: list[float] | None = None
-    fisher_samples: int | None = None
-    fisher_labels: str = "all"

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 import torch
 
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "l2_pull")
+@dataclass
+class L2PullConf(PluginConf):
+    _target_: str = "cl_bench.plugins.l2_pull.L2Pull"
+    strength: float = 1.0
+
+
+@defaults_from(L2PullConf)
 class L2Pull(Plugin):
     """L2 regularisation toward the previous task's solution, the plain (unweighted)
     quadratic penalty that EWC (Kirkpatrick et al., PNAS 2017) weights by the Fisher
@@ -18,7 +26,7 @@ class L2Pull(Plugin):
 
     stability_knobs = ("strength",)
 
-    def __init__(self, strength: float = 1.0):
+    def __init__(self, strength: float):
         if strength < 0:
             raise ValueError(f"plugins.l2_pull.strength={strength} must be >= 0")
         self.strength = strength
@@ -39,10 +47,3 @@ class L2Pull(Plugin):
     def load_state_dict(self, state):
         params = list(self.method.trainable_parameters())
         self.anchor = [(p, p0.to(p.device)) for p, p0 in zip(params, state["anchor"], strict=False)]
-
-
-@schema("plugin", "l2_pull")
-@dataclass
-class L2PullConf(PluginConf):
-    _target_: str = "cl_bench.plugins.l2_pull.L2Pull"
-    strength: float = 1.0

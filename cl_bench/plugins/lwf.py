@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
@@ -41,6 +41,16 @@ def distill_weight(alpha: float | None, scenario: str, n_previous: int) -> float
     return 1.0 if scenario == "class_il" else float(n_previous)
 
 
+@schema("plugin", "lwf")
+@dataclass
+class LwFConf(PluginConf):
+    _target_: str = "cl_bench.plugins.lwf.LwF"
+    temperature: float = 2.0
+    alpha: float | None = None  # weight of the distillation; null: van de Ven's (t - 1 / 1)
+    t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)
+
+
+@defaults_from(LwFConf)
 class LwF(Plugin):
     """Learning without Forgetting (Li & Hoiem, TPAMI 2017), as van de Ven implements it
     (GMvandeVen/continual-learning @e6d795a, the code of "Three types of incremental
@@ -69,8 +79,8 @@ class LwF(Plugin):
 
     stability_knobs = ("alpha",)
 
-    def __init__(self, temperature: float = 2.0, alpha: float | None = None,
-                 t2_scaling: bool = False):
+    def __init__(self, temperature: float, alpha: float | None,
+                 t2_scaling: bool):
         check_distill_args("lwf", temperature, alpha)
         self.temperature, self.alpha, self.t2_scaling = float(temperature), alpha, t2_scaling
         self.teacher: torch.nn.Module | None = None
@@ -113,12 +123,3 @@ class LwF(Plugin):
         if state["teacher"] is not None:
             self.teacher = self.method.frozen_copy(self.method.model).eval()
             self.teacher.load_state_dict(state["teacher"])
-
-
-@schema("plugin", "lwf")
-@dataclass
-class LwFConf(PluginConf):
-    _target_: str = "cl_bench.plugins.lwf.LwF"
-    temperature: float = 2.0
-    alpha: float | None = None  # weight of the distillation; null: van de Ven's (t - 1 / 1)
-    t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)

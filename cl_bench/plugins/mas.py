@@ -6,9 +6,19 @@ from dataclasses import dataclass
 
 from cl_bench.plugins import importance
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "mas")
+@dataclass
+class MASConf(PluginConf):
+    _target_: str = "cl_bench.plugins.mas.MAS"
+    strength: float = 1.0  # lambda
+    # training samples of the task the importance averages over; null: all
+    samples: int | None = None
+
+
+@defaults_from(MASConf)
 class MAS(Plugin):
     """Memory aware synapses (Aljundi et al., ECCV 2018).
 
@@ -26,7 +36,7 @@ class MAS(Plugin):
 
     stability_knobs = ("strength",)
 
-    def __init__(self, strength: float = 1.0, samples: int | None = None):
+    def __init__(self, strength: float, samples: int | None):
         if strength < 0:
             raise ValueError(f"plugins.mas.strength={strength} must be >= 0")
         if samples is not None and samples < 1:
@@ -56,11 +66,3 @@ class MAS(Plugin):
         model = self.method.model
         self.anchor = importance.on_device(model, state["anchor"])
         self.omega = importance.on_device(model, state["omega"])
-
-
-@schema("plugin", "mas")
-@dataclass
-class MASConf(PluginConf):
-    _target_: str = "cl_bench.plugins.mas.MAS"
-    strength: float = 1.0
-    samples: int | None = None

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 class _InputCapture:
@@ -145,6 +145,19 @@ class _Layer:
         return torch.cat([x, x.new_ones(1)]) if self.has_bias else x
 
 
+@schema("plugin", "owm")
+@dataclass
+class OWMConf(PluginConf):
+    _target_: str = "cl_bench.plugins.owm.OWM"
+    alpha: Any = 1.0  # RLS constant, one value or one per linear layer (input to head)
+    alpha_decay: Any = 1.0  # alpha * alpha_decay ** progress through the task
+    decay_steps: int | None = None  # steps over which alpha decays (null: needs alpha_decay=1)
+    # true: P absorbs every batch as the task trains (paper); false: at the task's end
+    update_during_task: bool = True
+    project: str = "both"  # both | gradient (the paper) | update (the optimiser's step)
+
+
+@defaults_from(OWMConf)
 class OWM(Plugin):
     """Orthogonal weight modification (Zeng et al., Nat. Mach. Intell. 2019): every linear
     layer's weight change is projected onto the orthogonal complement of the (batch-mean)
@@ -157,8 +170,8 @@ class OWM(Plugin):
     # knob high as most stable), so alpha is not declared a stability knob.
     stability_knobs = ()
 
-    def __init__(self, alpha: Any = 1.0, alpha_decay: Any = 1.0, decay_steps: int | None = None,
-                 update_during_task: bool = True, project: str = "both"):
+    def __init__(self, alpha: Any, alpha_decay: Any, decay_steps: int | None,
+                 update_during_task: bool, project: str):
         self.key = "owm"
         if project not in ("gradient", "update", "both"):
             raise ValueError(f"plugins.{self.key}.project={project!r}: choose 'gradient' (the "
@@ -320,6 +333,14 @@ class OWM(Plugin):
         return [float(layer.P.trace()) for layer in self.layers]
 
 
+@schema("plugin", "eowm")
+@dataclass
+class EOWMConf(OWMConf):
+    _target_: str = "cl_bench.plugins.owm.EOWM"
+    alpha_out: Any = 1.0  # RLS constant of the output-side projector
+
+
+@defaults_from(EOWMConf)
 class EOWM(OWM):
     """Enhanced OWM (Li et al., arXiv 2111.10078, 2021), as far as it could be checked.
 
@@ -334,9 +355,9 @@ class EOWM(OWM):
     directions they already occupy, on top of P_l's protection of old inputs; `alpha_out`
     is its RLS constant (smaller = stricter). Everything else is OWM's."""
 
-    def __init__(self, alpha: Any = 1.0, alpha_decay: Any = 1.0, decay_steps: int | None = None,
-                 update_during_task: bool = True, project: str = "both",
-                 alpha_out: Any = 1.0):
+    def __init__(self, alpha: Any, alpha_decay: Any, decay_steps: int | None,
+                 update_during_task: bool, project: str,
+                 alpha_out: Any):
         super().__init__(alpha, alpha_decay, decay_steps, update_during_task, project)
         self.key = "eowm"
         values = _values(alpha_out)
@@ -347,21 +368,3 @@ class EOWM(OWM):
 
     def _alpha_out(self, n: int) -> list[float | None]:
         return self._per_layer(self.alpha_out, "alpha_out", n)
-
-
-@schema("plugin", "owm")
-@dataclass
-class OWMConf(PluginConf):
-    _target_: str = "cl_bench.plugins.owm.OWM"
-    alpha: Any = 1.0  # RLS constant, one value or one per linear layer (input to head)
-    alpha_decay: Any = 1.0  # alpha * alpha_decay ** progress through the task
-    decay_steps: int | None = None  # steps over which alpha decays (null: needs alpha_decay=1)
-    update_during_task: bool = True
-    project: str = "both"  # both | gradient (the paper) | update (the optimiser's step)
-
-
-@schema("plugin", "eowm")
-@dataclass
-class EOWMConf(OWMConf):
-    _target_: str = "cl_bench.plugins.owm.EOWM"
-    alpha_out: Any = 1.0  # RLS constant of the output-side projector

@@ -9,7 +9,7 @@ import torch
 
 from cl_bench.plugins.base import Plugin, PluginConf
 from cl_bench.plugins.lwf import check_distill_args, distill_weight, kd_loss
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 def project_conflict(g_new: list[torch.Tensor], g_old: list[torch.Tensor]):
@@ -25,6 +25,17 @@ def project_conflict(g_new: list[torch.Tensor], g_old: list[torch.Tensor]):
     return [a - coef * b for a, b in zip(g_new, g_old, strict=True)], cos, dot
 
 
+@schema("plugin", "plwf")
+@dataclass
+class PLwFConf(PluginConf):
+    _target_: str = "cl_bench.plugins.plwf.PLwF"
+    temperature: float = 2.0
+    alpha: float | None = None  # weight of the distillation; null: as lwf (t - 1 / 1)
+    t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)
+    credit_assignment: bool = True  # project g_new off g_old when they conflict
+
+
+@defaults_from(PLwFConf)
 class PLwF(Plugin):
     """Progressive Learning without Forgetting (Feng, Yuan, Wang, Huang, Bian & Zhang,
     arXiv 2211.15215, 2022). A frozen snapshot of the model is kept at the end of every
@@ -55,8 +66,8 @@ class PLwF(Plugin):
 
     stability_knobs = ("alpha",)
 
-    def __init__(self, temperature: float = 2.0, alpha: float | None = None,
-                 t2_scaling: bool = False, credit_assignment: bool = True):
+    def __init__(self, temperature: float, alpha: float | None,
+                 t2_scaling: bool, credit_assignment: bool):
         check_distill_args("plwf", temperature, alpha)
         self.temperature, self.alpha, self.t2_scaling = float(temperature), alpha, t2_scaling
         self.credit_assignment = credit_assignment
@@ -132,13 +143,3 @@ class PLwF(Plugin):
             snapshot.load_state_dict(weights)
             self.snapshots.append((task_id, snapshot))
         self.steps, self.conflicts = state["steps"], state["conflicts"]
-
-
-@schema("plugin", "plwf")
-@dataclass
-class PLwFConf(PluginConf):
-    _target_: str = "cl_bench.plugins.plwf.PLwF"
-    temperature: float = 2.0
-    alpha: float | None = None  # weight of the distillation; null: as lwf (t - 1 / 1)
-    t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)
-    credit_assignment: bool = True  # project g_new off g_old when they conflict

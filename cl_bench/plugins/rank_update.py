@@ -35,7 +35,7 @@ from torch import nn
 
 from cl_bench.budget.flops import register_flops, weight_and_input_grads
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 class _Active:
@@ -150,6 +150,16 @@ def _head_forward(m: TaskHead, inputs, output) -> int:
 register_flops(TaskHead, _head_forward, backward=weight_and_input_grads)
 
 
+@schema("plugin", "rank_update")
+@dataclass
+class RankUpdateConf(PluginConf):
+    _target_: str = "cl_bench.plugins.rank_update.RankUpdate"
+    rank: int = 1  # factors each later task adds per layer
+    first_rank: int | None = 10  # factors of the first task (the authors' MLP: 11); null: rank
+    warm_start: bool = False  # start a task's selector and biases from the previous task's
+
+
+@defaults_from(RankUpdateConf)
 class RankUpdate(Plugin):
     """Incremental rank updates (Hyder et al., ECCV 2022): per-task rank-r factors added to
     every hidden linear layer, a per-task selector over all factors so far, per-task
@@ -162,7 +172,7 @@ class RankUpdate(Plugin):
 
     supported_scenarios = ("task_il",)
 
-    def __init__(self, rank: int = 1, first_rank: int | None = None, warm_start: bool = False):
+    def __init__(self, rank: int, first_rank: int | None, warm_start: bool):
         first = rank if first_rank is None else first_rank
         for key, value in (("rank", rank), ("first_rank", first)):
             if value < 1:
@@ -253,12 +263,3 @@ class RankUpdate(Plugin):
         finally:
             self.active.task = current
         return out
-
-
-@schema("plugin", "rank_update")
-@dataclass
-class RankUpdateConf(PluginConf):
-    _target_: str = "cl_bench.plugins.rank_update.RankUpdate"
-    rank: int = 1  # factors each later task adds per layer
-    first_rank: int | None = None  # factors of the first task (null: rank)
-    warm_start: bool = False  # start a task's selector and biases from the previous task's

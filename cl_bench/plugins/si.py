@@ -8,9 +8,19 @@ import torch
 
 from cl_bench.plugins import importance
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "si")
+@dataclass
+class SIConf(PluginConf):
+    _target_: str = "cl_bench.plugins.si.SI"
+    # c; split MNIST (van de Ven et al.): 10 task / 5e4 domain / 5e3 class-IL
+    strength: float = 10.0
+    xi: float = 0.1  # damping of Omega when a parameter hardly moved (van de Ven's epsilon)
+
+
+@defaults_from(SIConf)
 class SI(Plugin):
     """Synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017), as in van de Ven's
     `GMvandeVen/continual-learning` (`update_importance_estimates`, `update_omega`).
@@ -28,7 +38,7 @@ class SI(Plugin):
 
     stability_knobs = ("strength",)
 
-    def __init__(self, strength: float = 10.0, xi: float = 0.1):
+    def __init__(self, strength: float, xi: float):
         if strength < 0:
             raise ValueError(f"plugins.si.strength={strength} must be >= 0")
         if xi <= 0:
@@ -80,11 +90,3 @@ class SI(Plugin):
         self.path = importance.on_device(model, state["path"])
         self.previous = importance.snapshot(self.method.model)
         self._params = importance.trainable(model)
-
-
-@schema("plugin", "si")
-@dataclass
-class SIConf(PluginConf):
-    _target_: str = "cl_bench.plugins.si.SI"
-    strength: float = 10.0
-    xi: float = 0.1

@@ -8,9 +8,19 @@ import torch
 
 from cl_bench.plugins.base import Plugin, PluginConf
 from cl_bench.plugins.forgetting import ForgettingEvents, at_step, fraction
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
+@schema("plugin", "sieve")
+@dataclass
+class SieveConf(PluginConf):
+    _target_: str = "cl_bench.plugins.sieve.Sieve"
+    keep_frac: float = 0.8  # of each task's samples active at any time
+    interval: float = 0.1  # of the task's planned steps between swaps
+    swap_frac: float = 0.1  # of the active set swapped out (and in) at each swap
+
+
+@defaults_from(SieveConf)
 class Sieve(Plugin):
     """Circular data sieving of SpFDE (Yuan, Li et al., NeurIPS 2022): only round(keep_frac
     * n) of a task's n samples are active, at first a random choice (torch's global RNG);
@@ -23,7 +33,7 @@ class Sieve(Plugin):
 
     needs = frozenset({"step_logits", "planned_steps"})
 
-    def __init__(self, keep_frac: float = 0.8, interval: float = 0.1, swap_frac: float = 0.1):
+    def __init__(self, keep_frac: float, interval: float, swap_frac: float):
         self.keep_frac = fraction(keep_frac, "plugins.sieve.keep_frac")
         self.interval = fraction(interval, "plugins.sieve.interval")
         self.swap_frac = fraction(swap_frac, "plugins.sieve.swap_frac")
@@ -65,12 +75,3 @@ class Sieve(Plugin):
             self.queue = self.queue[torch.randperm(len(self.queue)).to(self.queue.device)]
         self.active_version += 1
         self.stats.reset()
-
-
-@schema("plugin", "sieve")
-@dataclass
-class SieveConf(PluginConf):
-    _target_: str = "cl_bench.plugins.sieve.Sieve"
-    keep_frac: float = 0.8
-    interval: float = 0.1
-    swap_frac: float = 0.1

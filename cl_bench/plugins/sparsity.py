@@ -10,11 +10,33 @@ import torch
 
 from cl_bench.models.masked import Masked, layer_densities, make_masked, maskable
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 UPDATES = ("static", "set", "rigl", "sparcl")
 
 
+@schema("plugin", "sparsity")
+@dataclass
+class SparsityConf(PluginConf):
+    _target_: str = "cl_bench.plugins.sparsity.Sparsity"
+    density: float = 0.1  # fraction of weights kept (1 - sparsity), over all masked layers
+    distribution: str = "uniform"  # uniform | erk (Erdos-Renyi-Kernel layer densities, RigL)
+    erk_power: float = 1.0  # ERK's exponent on (sum of dims / product of dims)
+    # fnmatch patterns of module names left dense, e.g. [head, conv1]
+    dense_layers: list[str] = field(default_factory=list)
+    init: str = "random"  # random | magnitude (keep the largest initial weights, SparCL)
+    update: str = "static"  # static | set | rigl | sparcl (task-aware dynamic masking)
+    delta_t: int = 100  # steps between mask updates (RigL's Delta T), restarting each task
+    delta_frac: float | None = None  # or: that fraction of each task's planned steps
+    drop_fraction: float = 0.3  # set/rigl: alpha, cosine-decayed to 0 at t_end
+    t_end: float = 0.75  # set/rigl: fraction of each task's steps after which the mask is fixed
+    grow_delta: float = 0.01  # sparcl: density swing of the prune/regrow phases
+    importance_grad_coef: float = 0.5  # sparcl: lambda in the importance |w| + lambda |g|
+    # sparcl: task fractions ending the grow and the prune/regrow phases
+    phases: list[float] = field(default_factory=lambda: [0.1, 0.9])
+
+
+@defaults_from(SparsityConf)
 class Sparsity(Plugin):
     """Sparse training at a fixed weight density (`papers/methods_sparse.md` sections 1b, 3b).
 
@@ -42,12 +64,12 @@ class Sparsity(Plugin):
     needs = frozenset({"plain_model"})
     nearest = "method=sparcl_er (ER with plugin sparsity)"
 
-    def __init__(self, density: float = 0.1, distribution: str = "uniform",
-                 erk_power: float = 1.0, dense_layers: list[str] | tuple = (),
-                 init: str = "random", update: str = "static", delta_t: int = 100,
-                 delta_frac: float | None = None, drop_fraction: float = 0.3,
-                 t_end: float = 0.75, grow_delta: float = 0.01,
-                 importance_grad_coef: float = 0.5, phases: list[float] | tuple = (0.1, 0.9)):
+    def __init__(self, density: float, distribution: str,
+                 erk_power: float, dense_layers: list[str] | tuple,
+                 init: str, update: str, delta_t: int,
+                 delta_frac: float | None, drop_fraction: float,
+                 t_end: float, grow_delta: float,
+                 importance_grad_coef: float, phases: list[float] | tuple):
         if update not in UPDATES:
             raise ValueError(f"plugins.sparsity.update={update!r}: choose one of {UPDATES}")
         if init not in ("random", "magnitude"):
@@ -227,22 +249,3 @@ class Sparsity(Plugin):
 
     def load_state_dict(self, state):
         self.step = state["step"]
-
-
-@schema("plugin", "sparsity")
-@dataclass
-class SparsityConf(PluginConf):
-    _target_: str = "cl_bench.plugins.sparsity.Sparsity"
-    density: float = 0.1
-    distribution: str = "uniform"
-    erk_power: float = 1.0
-    dense_layers: list[str] = field(default_factory=list)
-    init: str = "random"
-    update: str = "static"
-    delta_t: int = 100
-    delta_frac: float | None = None
-    drop_fraction: float = 0.3
-    t_end: float = 0.75
-    grow_delta: float = 0.01
-    importance_grad_coef: float = 0.5
-    phases: list[float] = field(default_factory=lambda: [0.1, 0.9])

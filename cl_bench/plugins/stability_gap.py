@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.plugins.base import Plugin, PluginConf
-from cl_bench.schemas import schema
+from cl_bench.schemas import defaults_from, schema
 
 
 class ClassMeanInit(Plugin):
@@ -93,6 +93,14 @@ class FreezeOldRows(Plugin):
             param[rows] = saved
 
 
+@schema("plugin", "soft_targets")
+@dataclass
+class SoftTargetsConf(PluginConf):
+    _target_: str = "cl_bench.plugins.stability_gap.SoftTargets"
+    weight: float = 0.2
+
+
+@defaults_from(SoftTargetsConf)
 class SoftTargets(Plugin):
     """SGM's dynamic soft targets (Harun & Kanan, TMLR 2024): (1 - w) one-hot + w times the
     model's own detached prediction over the classes seen so far."""
@@ -101,7 +109,7 @@ class SoftTargets(Plugin):
 
     supported_streams = ("task", "online", "task_free", "blurry")
 
-    def __init__(self, weight: float = 0.2):
+    def __init__(self, weight: float):
         self.weight = weight
 
     def classification_loss(self, logits, y, task_ids):
@@ -147,6 +155,15 @@ class LoRALinear(nn.Module):
         self.base.requires_grad_(False)
 
 
+@schema("plugin", "lora")
+@dataclass
+class LoRAConf(PluginConf):
+    _target_: str = "cl_bench.plugins.stability_gap.LoRA"
+    rank: int = 8
+    alpha: float | None = None  # update scale alpha / rank; null: alpha = rank
+
+
+@defaults_from(LoRAConf)
 class LoRA(Plugin):
     """SGM's low-rank adaptation of the hidden layers (Harun & Kanan, TMLR 2024, after
     Hu et al., 2022): every hidden `nn.Linear` (all but `model.head`) becomes a
@@ -155,7 +172,7 @@ class LoRA(Plugin):
     needs = frozenset({"plain_model"})
     nearest = "method=sgm, or this method without plugin lora"
 
-    def __init__(self, rank: int = 8, alpha: float | None = None):
+    def __init__(self, rank: int, alpha: float | None):
         if rank < 1:
             raise ValueError(f"plugins.lora.rank={rank} must be >= 1 (drop plugin=lora "
                              "to train without LoRA)")
@@ -251,18 +268,3 @@ class FreezeOldRowsConf(PluginConf):
 class NMCHeadConf(PluginConf):
     _target_: str = "cl_bench.plugins.stability_gap.NMCHead"
     bank_size: int | None = None  # current-task samples averaged; null: max(memory.size, 500)
-
-
-@schema("plugin", "soft_targets")
-@dataclass
-class SoftTargetsConf(PluginConf):
-    _target_: str = "cl_bench.plugins.stability_gap.SoftTargets"
-    weight: float = 0.2
-
-
-@schema("plugin", "lora")
-@dataclass
-class LoRAConf(PluginConf):
-    _target_: str = "cl_bench.plugins.stability_gap.LoRA"
-    rank: int = 8
-    alpha: float | None = None  # update scale alpha / rank; null: alpha = rank
