@@ -103,13 +103,12 @@ def check_final(cls, base, names) -> None:
 def provisions(method) -> set[str]:
     """What `method` provides to plugins: its declared `provides` and what its class
     shows (no `predict_logits` or `wrap_model` of its own)."""
-    from cl_bench.methods.base import Method
-
     own = set(method.provides)
     cls = type(method)
-    if cls.predict_logits is Method.predict_logits:
+    # the base class's own phases (by name: this module is below methods/ in the imports)
+    if cls.predict_logits.__qualname__ == "Method.predict_logits":
         own.add("base_prediction")
-    if cls.wrap_model is Method.wrap_model:
+    if cls.wrap_model.__qualname__ == "Method.wrap_model":
         own.add("plain_model")
     return own
 
@@ -146,10 +145,8 @@ def check_pairs(method) -> None:
                     f"listed before it: plugin=[{other},{name}]")
     for phase, what in (("predict", "the prediction"),
                         ("classification_loss", "the classification loss")):
-        from cl_bench.plugins.base import Plugin
-
         replacing = [n for p, n in zip(method.plugins, names, strict=True)
-                     if getattr(type(p), phase) is not getattr(Plugin, phase)]
+                     if getattr(type(p), phase).__qualname__ != f"Plugin.{phase}"]
         if len(replacing) > 1:
             raise ConfigError(
                 f"method={method.name}: plugins {replacing[0]} and {replacing[1]} both "

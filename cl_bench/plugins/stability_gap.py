@@ -202,6 +202,14 @@ class LoRA(Plugin):
             layer.freeze_base()
 
 
+@schema("plugin", "nmc")
+@dataclass
+class NMCHeadConf(PluginConf):
+    _target_: str = "cl_bench.plugins.stability_gap.NMCHead"
+    bank_size: int | None = None  # current-task samples averaged; null: max(memory.size, 500)
+
+
+@defaults_from(NMCHeadConf)
 class NMCHead(Plugin):
     """Nearest-class-mean prediction (Lapacz et al., WACV 2025), `plugin=[nmc]` (alias
     `model.head=nmc`): class means over the memory plus `bank_size` samples of the current
@@ -210,7 +218,7 @@ class NMCHead(Plugin):
     needs = frozenset({"class_logits", "base_prediction"})
     nearest = "method=er plugin=[nmc]"
 
-    def __init__(self, bank_size: int | None = None):
+    def __init__(self, bank_size: int | None):
         if bank_size is not None and bank_size < 1:
             raise ValueError(f"plugins.nmc.bank_size={bank_size} must be >= 1 (or null)")
         self.bank_size = bank_size
@@ -262,9 +270,3 @@ class ClassMeanInitConf(PluginConf):
 class FreezeOldRowsConf(PluginConf):
     _target_: str = "cl_bench.plugins.stability_gap.FreezeOldRows"
 
-
-@schema("plugin", "nmc")
-@dataclass
-class NMCHeadConf(PluginConf):
-    _target_: str = "cl_bench.plugins.stability_gap.NMCHead"
-    bank_size: int | None = None  # current-task samples averaged; null: max(memory.size, 500)
