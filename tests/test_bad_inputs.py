@@ -45,8 +45,8 @@ def data(tmp_path_factory) -> Path:
         y = np.arange(100) % n_classes
         np.savez(path, train_x=rng.integers(0, 255, (100, *shape), dtype=np.uint8),
                  train_y=y if train_y is None else train_y,
-                 test_x=rng.integers(0, 255, (50, *shape), dtype=np.uint8),
-                 test_y=np.arange(50) % n_classes)
+                 test_x=rng.integers(0, 255, (max(50, n_classes), *shape), dtype=np.uint8),
+                 test_y=np.arange(max(50, n_classes)) % n_classes)
         return path
 
     good = npz("good").read_bytes()

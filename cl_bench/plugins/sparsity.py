@@ -39,6 +39,8 @@ class Sparsity(Plugin):
     `overhead_flops_mask_update` (not training FLOPs).
     """
 
+    masks_layers = True  # replaces Linear/Conv2d by masked layers (cl_bench.checks)
+
     def __init__(self, density: float = 0.1, distribution: str = "uniform",
                  erk_power: float = 1.0, dense_layers: list[str] | tuple = (),
                  init: str = "random", update: str = "static", delta_t: int = 100,
