@@ -72,11 +72,14 @@ def source_files(package: Path) -> list[Path]:
 
 
 @functools.cache
-def source_hash(package: Path | None = None) -> str:
+def source_hash() -> str:
     """12 hex digits of a sha256 over the installed source (`source_files`, by path relative
     to the package's parent, and content): two builds of one version from different
     sources differ."""
-    package = Path(package or Path(cl_bench.__file__).resolve().parent)
+    return _hash_of(Path(cl_bench.__file__).resolve().parent)
+
+
+def _hash_of(package: Path) -> str:
     digest = hashlib.sha256()
     for path in source_files(package):
         digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0")

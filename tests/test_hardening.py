@@ -270,6 +270,7 @@ def test_disk_full_at_a_csv_writer(monkeypatch, capsys, tmp_path):
     assert acc.train_task.tolist() == [0] * 5 + [1] * 5
 
 
+@pytest.mark.slow  # a clbench process: ~5-15 s
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
                     reason="mounting a small tmpfs needs root on Linux")
 def test_disk_full_on_a_real_small_filesystem(tmp_path):
@@ -348,30 +349,66 @@ def _install(tmp_path: Path, name: str, edit: str = "") -> Path:
     return site
 
 
-def test_installs_from_different_sources_get_different_run_ids(tmp_path):
-    """Two installed copies of one version (no git), one with a changed line: the run id
-    (computed by each install, in its own process) differs, and equals for equal copies."""
-    sites = [_install(tmp_path, "a"), _install(tmp_path, "b", "\n# another build\n"),
-             _install(tmp_path, "a2")]
+def test_without_git_the_run_id_follows_the_installed_source(tmp_path, monkeypatch):
+    """A wheel install has no git: its run id takes the hash of the installed source, so
+    two builds of one version from different sources differ (with git: the commit)."""
+    from cl_bench import identity
+
+    a, b = _install(tmp_path, "a"), _install(tmp_path, "b", "\n# another build\n")
+    cfg = compose_config([])
+    ids = {}
+    monkeypatch.setattr(identity, "git_commit", lambda: "unknown")
+    for site in (a, b):
+        monkeypatch.setattr(identity, "source_hash",
+                            lambda s=site: identity._hash_of(s / "cl_bench"))
+        ids[site.name] = identity.run_id(cfg)
+    assert ids["a"] != ids["b"]
+    monkeypatch.setattr(identity, "git_commit", lambda: "c440ceeccbad")  # with git: the commit
+    monkeypatch.setattr(identity, "source_hash", lambda: "0" * 12)
+    with_git = identity.run_id(cfg)
+    monkeypatch.setattr(identity, "source_hash", lambda: "1" * 12)
+    assert identity.run_id(cfg) == with_git
+
+
+@pytest.mark.slow  # two wheel builds and installs, a process per install: ~1 min
+def test_two_wheels_from_different_sources_get_different_run_ids(tmp_path):
+    from test_packaging import _no_build_isolation
+
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     code = ("from hydra import compose, initialize_config_dir; import cl_bench.cli as c; "
             "from cl_bench.identity import run_id, git_commit; "
             "initialize_config_dir(config_dir=c.CONF_DIR, version_base='1.3').__enter__(); "
-            "print(git_commit(), c.CONF_DIR.startswith(c.__file__[:-7]), "
-            "run_id(compose('config')))")
+            "print(git_commit(), run_id(compose('config')))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     found = []
-    for site in sites:
+    for name, edit in (("a", ""), ("b", "\n# another build\n"), ("c", "")):
+        src = tmp_path / name / "src"
+        src.mkdir(parents=True)
+        for f in ("pyproject.toml", "setup.py", "README.md"):
+            shutil.copy2(REPO / f, src / f)
+        for folder in ("cl_bench", "conf"):
+            shutil.copytree(REPO / folder, src / folder,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        with open(src / "cl_bench" / "tune.py", "a") as f:
+            f.write(edit)
+        subprocess.run([*pip, "wheel", "--no-deps", *_no_build_isolation(), "-q", "-w",
+                        str(tmp_path / name / "dist"), str(src)], check=True,
+                       capture_output=True)
+        wheel = next((tmp_path / name / "dist").glob("cl_bench-*.whl"))
+        site = tmp_path / name / "site"
+        subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                       check=True, capture_output=True)
         result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                                 text=True, env={**env, "PYTHONPATH": str(site)}, timeout=300)
         assert result.returncode == 0, result.stderr
-        commit, packaged, rid = result.stdout.split()
-        assert commit == "unknown" and packaged == "True"
+        commit, rid = result.stdout.split()
+        assert commit == "unknown"
         found.append(rid)
     assert found[0] != found[1] and found[0] == found[2]
 
 
 def test_the_source_hash_covers_the_packaged_config(tmp_path):
-    from cl_bench.identity import source_hash
+    from cl_bench.identity import _hash_of as source_hash
 
     a, b, c = _install(tmp_path, "a"), _install(tmp_path, "b"), _install(tmp_path, "c")
     with open(b / "cl_bench" / "conf" / "budget" / "default.yaml", "a") as f:
