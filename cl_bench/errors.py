@@ -127,7 +127,7 @@ def free_bytes(folder) -> int | None:
         return None
 
 
-def _size(needed) -> int | None:
+def _asked(needed) -> int | None:
     try:
         return needed() if callable(needed) else needed
     except Exception:
@@ -147,11 +147,11 @@ def writing(path, needed: Callable[[], int] | int | None = None):
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise DiskFull(path, _size(needed), free_bytes(Path(path).parent)) from err
+        raise DiskFull(path, _asked(needed), free_bytes(Path(path).parent)) from err
     except RuntimeError as err:
         if "unexpected pos" not in str(err) and "write failed" not in str(err):
             raise
-        size, free = _size(needed), free_bytes(Path(path).parent)
+        size, free = _asked(needed), free_bytes(Path(path).parent)
         if size is None or free is None or free >= size:
             raise
         raise DiskFull(path, size, free) from err

@@ -153,10 +153,8 @@ def damaged(tmp_path) -> dict[str, Path]:
 def test_a_damaged_model_weights_file_is_one_message(name, damaged, tmp_path, monkeypatch,
                                                      capsys):
     path = damaged[name]
-    out, _ = refused(["model=resnet18_reduced", "model.nf=4", f"model.weights={path}", *TINY],
-                     tmp_path, monkeypatch, capsys,
-                     says=[f"model.weights={path}", "state dict", "Fix:"])
-    assert "unpickl" not in out.lower() or "weights_only" not in out
+    refused(["model=resnet18_reduced", "model.nf=4", f"model.weights={path}", *TINY],
+            tmp_path, monkeypatch, capsys, says=[f"model.weights={path}", "state dict", "Fix:"])
 
 
 @pytest.mark.parametrize("name", ["truncated.npz", "lacking.npz", "garbage.pt"])

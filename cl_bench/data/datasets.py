@@ -122,7 +122,7 @@ def _labels(y: np.ndarray, x: torch.Tensor, key: str, source: Path, info: Datase
     absent = np.setdiff1d(np.arange(info.n_classes), y)
     if len(absent):  # else a split would blame benchmark.n_tasks for the classes it counts
         raise DataError(f"{source}: {key} has no image of class {absent[0]}"
-                        + (f" (nor of {len(absent) - 1} more)" if len(absent) > 1 else "")
+                        + (f" ({len(absent)} classes missing)" if len(absent) > 1 else "")
                         + f"; {info.dir_name} has {info.n_classes} classes (0.."
                         f"{info.n_classes - 1}), each needs images in both splits: the file "
                         "is incomplete, write it again with every class")

@@ -113,10 +113,13 @@ class CSVLogger:
         self._columns[name] = columns
 
     def _write(self, name: str, rows: list[dict]) -> None:
-        buf = io.StringIO()
-        csv.DictWriter(buf, self._columns[name], restval="", extrasaction="ignore"
-                       ).writerows(rows)
-        with writing(self.run_dir / f"{name}.csv", len(buf.getvalue().encode())):
+        def size() -> int:  # asked only when the disk is full
+            buf = io.StringIO()
+            csv.DictWriter(buf, self._columns[name], restval="", extrasaction="ignore"
+                           ).writerows(rows)
+            return len(buf.getvalue().encode())
+
+        with writing(self.run_dir / f"{name}.csv", size):
             self._writers[name].writerows(rows)
             self._files[name].flush()
 

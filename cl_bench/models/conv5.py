@@ -13,6 +13,7 @@ from torch import nn
 
 from cl_bench.errors import DamagedFile
 from cl_bench.schemas import schema
+from cl_bench.weightfiles import CONV5, conv5_rebuild, read_npz
 
 CHANNELS = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2)]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -51,8 +52,6 @@ def load_conv5(extractor: nn.Sequential, path: str | Path, key: str = "model.wei
     """Loads the `conv{i}.*` arrays of a conv5 `.npz` (see the pretrain script); returns
     the file's sha256 (hex). `key` is the config key that named the file, for the error
     message."""
-    from cl_bench.weightfiles import CONV5, conv5_rebuild, read_npz
-
     path = weights_file(path, key)
     names = [f"conv{i + 1}.{a}" for i in range(5)
              for a in ("weight", "bn_weight", "bn_bias", "bn_running_mean", "bn_running_var")]

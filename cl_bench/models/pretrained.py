@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cl_bench.errors import ConfigError, DamagedFile, UserError
+from cl_bench.weightfiles import read_state
 
 CACHE_VERSION = 1
 # model-config keys the runner reads itself (not constructor arguments)
@@ -126,11 +127,9 @@ def file_state(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"model.weights={path}: no such file; give null, pretrain, "
                           "timm:<name> or the path of a saved state dict")
-    from cl_bench.weightfiles import read_state
-
     state = read_state(p, "model.weights", "save the model's state_dict again (torch.save(model."
-                       "state_dict(), PATH)), or use model.weights=pretrain (clbench-pretrain "
-                       "makes it)")
+                       "state_dict(), PATH)), or use model.weights=pretrain (`clbench-pretrain "
+                       "model=<this model>` makes it)")
     return state.get("state_dict", state)
 
 
@@ -184,8 +183,6 @@ def self_pretrained(model_cfg: DictConfig, *, build, data_root, cache_root, devi
     data_sha = data_digest(data)
     path = cache_file(model_cfg, cache_root, data_sha)
     if path.is_file():
-        from cl_bench.weightfiles import read_state
-
         saved = read_state(path, "model.weights=pretrain: its cached file", (
             f"remove it; `clbench-pretrain model={model_cfg.name}` with this run's model.* "
             "overrides makes it again (the run does so itself unless model.pretrain.auto=false)"))
