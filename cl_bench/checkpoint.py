@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cl_bench.errors import writing
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -30,14 +33,23 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
     """Writes `checkpoint.pt` atomically; a failed write (a full disk) leaves the previous
-    checkpoint as it was and no temporary file behind."""
+    checkpoint as it was and no temporary file behind, and is reported as one DiskFull
+    naming the folder and the checkpoint's size."""
     tmp = run_dir / f".{CHECKPOINT}.tmp"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, run_dir / CHECKPOINT)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(run_dir / CHECKPOINT, lambda: _size(state)):
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, run_dir / CHECKPOINT)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _size(state: dict) -> int:
+    """Bytes `state` takes as a checkpoint file (asked only after a failed write)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.tell()
 
 
 class CorruptCheckpoint(Exception):

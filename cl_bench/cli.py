@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ import shutil
 import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import hydra
@@ -169,6 +171,9 @@ def main(entry=None, prog: str = "clbench") -> None:
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a log file on a full disk: no "--- Logging error ---" traceback per record
+    raise_logging_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         (entry or _run)()
     except (Exception, KeyboardInterrupt) as err:
@@ -180,6 +185,10 @@ def main(entry=None, prog: str = "clbench") -> None:
             err, KeyboardInterrupt) else None
         sys.exit(1 if signum is None else 128 + signum)  # the shell's code for a signal
     finally:
+        logging.raiseExceptions = raise_logging_errors
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():  # the caller's, as before main()
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

@@ -109,6 +109,7 @@ class ClbenchConf:
     deterministic: bool = False
     output_root: str = "outputs"
     skip_done: bool = False
+    threads: int | None = None  # torch's intra-op threads; null: torch's choice (summary: threads)
     protocol: str = "paper"  # paper | cpu: the budget of the conf/pair/ protocols
     pair: str | None = None  # the conf/pair/ protocol applied (set by the pair itself)
 

@@ -15,9 +15,12 @@ ValueErrors (the project's convention); one raised inside torch or by a bug in o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import linecache
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
@@ -82,3 +85,73 @@ def describe(err: BaseException) -> str:
         where = f": {err.filename}" if err.filename else ""
         return f"{err.strerror}{where}"
     return str(err) or type(err).__name__
+
+
+class DamagedFile(UserError, ValueError):
+    """A weights (or other binary) file named by a config key that does not load: the
+    message names the key, the path, what the file should hold and how to make it again."""
+
+
+def damaged(key: str, path, expected: str, rebuild: str, err: BaseException) -> DamagedFile:
+    """The DamagedFile for `key`=`path` that failed to load with `err` (the loader's own
+    text is kept short: torch's advice to load with weights_only=False is dropped, since a
+    tool must not unpickle a file it did not make)."""
+    why = str(err).split("\n")[0].strip() or type(err).__name__
+    why = why.split(" (1) In PyTorch 2.6")[0].split("Weights only load failed")[0].strip()
+    why = f"{type(err).__name__}: {why}" if why else type(err).__name__
+    where = f"{key} {path}" if "=" in key else f"{key}={path}"
+    return DamagedFile(f"{where} cannot be read ({why[:160]}): it is damaged or is not "
+                       f"{expected}. Fix: {rebuild}")
+
+
+class DiskFull(UserError, OSError):
+    """No space left where the run writes: names the directory and the bytes needed."""
+
+    def __init__(self, path, needed: int | None, free: int | None):
+        folder = Path(path).parent
+        need = f"{needed:,} bytes" if needed is not None else "more space"
+        has = f" ({free:,} bytes free)" if free is not None else ""
+        super().__init__(errno.ENOSPC, f"no space left on device in {folder}: writing "
+                         f"{Path(path).name} needs {need}{has}. The files written before are "
+                         "intact; free space there (or set output_root to another disk) and "
+                         "rerun with skip_done=true to resume from the last completed task")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_bytes(folder) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _asked(needed) -> int | None:
+    try:
+        return needed() if callable(needed) else needed
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def writing(path, needed: Callable[[], int] | int | None = None):
+    """Turns a full disk while writing `path` into one DiskFull naming its folder and the
+    bytes needed (`needed`, or a callable that says, asked only on failure): ENOSPC or
+    EDQUOT, or torch's writer failing ("unexpected pos", "write failed": a RuntimeError)
+    where the folder has less space than the file needs."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(path, _asked(needed), free_bytes(Path(path).parent)) from err
+    except RuntimeError as err:
+        if "unexpected pos" not in str(err) and "write failed" not in str(err):
+            raise
+        size, free = _asked(needed), free_bytes(Path(path).parent)
+        if size is None or free is None or free >= size:
+            raise
+        raise DiskFull(path, size, free) from err

@@ -41,15 +41,17 @@ from cl_bench.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from cl_bench.checks import check_run, set_threads
 from cl_bench.config import check_config
 from cl_bench.data.modes import sees_labels
 from cl_bench.data.stream import Task
 from cl_bench.errors import describe, user_error
-from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
+from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id, source_hash
 from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger, write_summary
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.stability import stability_metrics
+from cl_bench.rundir import SpaceReserve, drop_stale_error
 
 log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
 log.addHandler(logging.NullHandler())
@@ -104,6 +106,7 @@ def identity(cfg: DictConfig) -> dict:
         "scenario": flat["scenario"],
         **{k: v for k, v in flat.items() if k not in ("seed", "scenario")},
         "git_commit": git_commit(),
+        "source_hash": source_hash(),
         "torch_version": torch.__version__,
         "torchvision_version": _version("torchvision"),
         "hydra_version": _version("hydra-core"),
@@ -176,8 +179,10 @@ class Run:
 
     def _open(self) -> None:
         """Restores the last checkpoint (when resuming; a corrupt one is reported and the
-        run starts over) and opens the loggers."""
+        run starts over) and opens the loggers, after checking the config."""
         cfg = self.cfg
+        check_config(cfg)
+        check_run(cfg)
         if self.resume:
             try:
                 checkpoint = load_checkpoint(self.run_dir)
@@ -210,14 +215,16 @@ class Run:
         and at the end, so a full disk or a signal does not lose it."""
         start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        failure = None
+        failure, reserve = None, SpaceReserve(self.run_dir)
         try:
             write_summary(self.run_dir, self.summary)
+            reserve.take()
             log.info("run %s in %s", self.summary["run_id"], self.run_dir)
             self._open()
             with self.stops:
                 self._train()
             self.summary["status"] = "completed"
+            drop_stale_error(self.run_dir)
         except KeyboardInterrupt as err:
             at = self.state.task + 1
             reason = (f"interrupted by {str(err) or 'SIGINT (Ctrl-C)'} at step "
@@ -236,6 +243,7 @@ class Run:
             err.clbench_run_dir = self.run_dir
             raise
         finally:
+            reserve.release()
             self.console.stop()
             st = self.state
             self.summary.update(
@@ -265,14 +273,14 @@ class Run:
         for step in steps:
             try:
                 step()
-            except Exception:
+            except Exception as err:
                 if failure is None:
                     raise
-                log.exception("while recording the failure")
+                log.error("while recording the failure: %s", describe(err))
 
     def _train(self) -> None:
         cfg, state = self.cfg, self.state
-        check_config(cfg)
+        self.summary["threads"] = set_threads(cfg.get("threads"), self.console.warn)
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)

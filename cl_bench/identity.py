@@ -20,7 +20,7 @@ DEFAULT_STREAM = {f"stream.{k}": v for k, v in asdict(StreamConf()).items()}
 
 # keys that say where or how a run is written or shown, not what it computes
 NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger",
-             "weights.root", "cache", "benchmark.cache")
+             "weights.root", "cache", "benchmark.cache", "threads")
 
 
 def flatten(container: dict, prefix: str = "") -> dict:
@@ -43,9 +43,16 @@ def resolved_flat(cfg: DictConfig) -> dict:
 
 
 @functools.cache
-def git_commit() -> str:
-    src = Path(cl_bench.__file__).resolve().parent
+def git_commit(src: Path | None = None) -> str:
+    """The commit of the checkout holding the package (folder `src`; `-dirty` with
+    uncommitted changes), or `unknown` where the package is not a file of a git checkout
+    (a wheel install, even one inside a repository)."""
+    src = src or Path(cl_bench.__file__).resolve().parent
     try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"],
+                                 cwd=src, capture_output=True, timeout=10).returncode == 0
+        if not tracked:
+            return "unknown"
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src,
                                 capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
@@ -55,6 +62,38 @@ def git_commit() -> str:
     return (commit + ("-dirty" if dirty.strip() else "")) if commit else "unknown"
 
 
+def source_files(package: Path) -> list[Path]:
+    """The files that make clbench's behaviour: the package's .py and .yaml files (a
+    wheel's packaged conf/ included) and, in a checkout, conf/ beside the package."""
+    roots = [package] + ([package.parent / "conf"] if not (package / "conf").is_dir()
+                         and (package.parent / "conf").is_dir() else [])
+    return sorted(p for root in roots for p in root.rglob("*")
+                  if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
+
+
+@functools.cache
+def source_hash() -> str:
+    """12 hex digits of a sha256 over the installed source (`source_files`, by path relative
+    to the package's parent, and content): two builds of one version from different
+    sources differ."""
+    return _hash_of(Path(cl_bench.__file__).resolve().parent)
+
+
+def _hash_of(package: Path) -> str:
+    digest = hashlib.sha256()
+    for path in source_files(package):
+        digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def code_version() -> list[str]:
+    """What the run id takes of the code: the version and the git commit, or, without git
+    (a wheel install), the version and the hash of the installed source."""
+    commit = git_commit()
+    return [cl_bench.__version__, commit if commit != "unknown" else source_hash()]
+
+
 def run_id(cfg: DictConfig) -> str:
     """12 hex digits of a hash of the resolved config (seed included, output paths and
     logging excluded) and the code version."""
@@ -62,8 +101,8 @@ def run_id(cfg: DictConfig) -> str:
              if not any(k == p or k.startswith(p + ".") for p in NOT_IN_ID)}
     if all(stamp.get(k) == v for k, v in DEFAULT_STREAM.items()):
         stamp = {k: v for k, v in stamp.items() if k not in DEFAULT_STREAM}
-    version = [cl_bench.__version__, git_commit()]
-    digest = hashlib.sha1(json.dumps([stamp, version], sort_keys=True, default=str).encode())
+    digest = hashlib.sha1(json.dumps([stamp, code_version()], sort_keys=True,
+                                     default=str).encode())
     return digest.hexdigest()[:12]
 
 

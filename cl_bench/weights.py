@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cl_bench.errors import ConfigError, UserError
+from cl_bench.errors import ConfigError, DamagedFile, UserError
 from cl_bench.models.pretrained import RUNNER_KEYS
+from cl_bench.weightfiles import read_state
 
 CACHE_VERSION = 1
 
@@ -100,11 +101,9 @@ def file_state(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"model.weights={path}: no such file; give null, pretrain, "
                           "timm:<name> or the path of a saved state dict")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = read_state(p, "model.weights", "save the model's state_dict again (torch.save(model."
+                       "state_dict(), PATH)), or use model.weights=pretrain (`clbench-pretrain "
+                       "model=<this model>` makes it)")
     return state.get("state_dict", state)
 
 
@@ -158,7 +157,13 @@ def self_pretrained(model_cfg: DictConfig, *, build, data_root, cache_root, devi
     data_sha = data_digest(data)
     path = cache_file(model_cfg, cache_root, data_sha)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = read_state(path, "model.weights=pretrain: its cached file", (
+            f"remove it; `clbench-pretrain model={model_cfg.name}` with this run's model.* "
+            "overrides makes it again (the run does so itself unless model.pretrain.auto=false)"))
+        if not isinstance(saved.get("state_dict"), dict) or "info" not in saved:
+            raise DamagedFile(f"model.weights=pretrain: the cached file {path} is not a "
+                              f"clbench backbone cache; remove it and rerun "
+                              f"`clbench-pretrain model={model_cfg.name}`")
         return saved["state_dict"], {**saved["info"], "weights_cache": str(path),
                                      "weights_cache_hit": True}
     if not p.auto:

@@ -19,6 +19,13 @@ from cl_bench.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 
+# One torch thread per test process (CLBENCH_TEST_THREADS=N for more): on a busy machine
+# torch's default of one thread per core makes a tiny run many times slower; subprocesses
+# that the tests start inherit OMP_NUM_THREADS.
+THREADS = int(os.environ.get("CLBENCH_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
 
 def data_root() -> Path:
     return Path(os.environ.get("CLBENCH_DATA", REPO.parent / "shared" / "data")).resolve()

@@ -53,8 +53,7 @@ def digits_sizes() -> list[int]:
 
 
 def test_online_uses_every_training_sample_exactly_once(run_job, spy):
-    summary, _ = run_job("stream=online", "stream.batch_size=7", "budget.epochs=3",
-                         "budget.iters=5", *QUICK)
+    summary, _ = run_job("stream=online", "stream.batch_size=7", *QUICK)
     sizes = digits_sizes()
     per_task = defaultdict(list)
     start = 0
@@ -186,7 +185,10 @@ def test_bad_stream_settings_name_the_key(monkeypatch, capsys, tmp_path):
     for i, (args, says) in enumerate((
             (["stream=blurry", "stream.width=1.5"], "stream.width must be in"),
             (["stream=online", "stream.batch_size=0"], "stream.batch_size must"),
-            (["stream=online", f"budget.match={tmp_path}"], "drop budget.match"))):
+            (["stream=online", f"budget.match={tmp_path}"], "drop budget.match"),
+            (["stream=online", "budget.epochs=3"], "set budget.epochs=1"),
+            (["stream=online", "budget.iters=5"], "set budget.iters=null"),
+            (["stream=task", "stream.batch_size=7"], "stream.batch_size=7 is read by"))):
         code, out = clbench([*args, "eval.every=0", "logger.console=false",
                              f"hydra.run.dir={tmp_path / str(i)}"], monkeypatch, capsys)
         assert code != 0 and says in out and "Traceback" not in out

@@ -37,21 +37,31 @@ def reference_flops(run_dir: str | Path, match_flops: str = "theoretical") -> li
         missing = "summary.json" if not summary.is_file() else "train.csv"
         raise ConfigError(f"{where}: has no {missing}, so it is not a clbench run directory; "
                           "give the directory of a completed run")
-    status = json.loads(summary.read_text()).get("status")
+    info = json.loads(summary.read_text())
+    status = info.get("status")
     acc = run_dir / "acc_matrix.csv"
     if status != "completed" or not acc.is_file():
         raise ConfigError(f"{where}: the reference run is not completed (status {status}); "
                           "finish it (skip_done=true resumes it) or match another run")
     with open(acc, newline="") as f:
-        n_tasks = 1 + max(int(row["train_task"]) for row in csv.DictReader(f))
+        n_tasks = 1 + max((int(row["train_task"]) for row in csv.DictReader(f)), default=-1)
     ends: dict[int, int] = {}
     with open(train, newline="") as f:
         reader = csv.DictReader(f)
         if column not in (reader.fieldnames or []):
             raise ConfigError(f"{where}: its train.csv has no {column} column (a run older "
                               "than the dense count); use budget.match_flops=theoretical")
+        last_step = 0
         for row in reader:
+            if None in row.values():  # a half row: the file stops there
+                break
             ends[int(row["train_task"])] = int(float(row[column]))
+            last_step = int(row["step"])
+    steps = info.get("steps")
+    if steps is not None and last_step != steps:
+        raise ConfigError(f"{where}: its train.csv ends at step {last_step} where its "
+                          f"summary.json reports {steps} steps, so the file is truncated or "
+                          "from another run; match a complete run (rerun the reference)")
     cumulative, last = [], 0
     for task in range(n_tasks):
         last = ends.get(task, last)
@@ -121,7 +131,7 @@ class Budget:
         per-task targets."""
         if self.targets is None:
             return
-        if len(self.targets) < n_tasks:
+        if len(self.targets) != n_tasks:
             raise ConfigError(f"budget.match={self.match}: the reference run has "
                               f"{len(self.targets)} tasks and this run {n_tasks}; match a "
                               "run of the same stream")

@@ -53,6 +53,13 @@ def keep_classes(data: ArrayDataset, classes: list[int]) -> ArrayDataset:
                    test_x=data.test_x[te], test_y=test_y[te])
 
 
+def check_n_tasks(n_tasks: int, n_classes: int, dataset: str) -> None:
+    if n_tasks < 1 or n_classes % n_tasks:
+        raise ValueError(
+            f"benchmark.n_tasks={n_tasks} must divide the {n_classes} classes of {dataset!r}"
+        )
+
+
 def split_dataset(
     data: ArrayDataset,
     *,
@@ -65,10 +72,7 @@ def split_dataset(
 ) -> TaskStream:
     """`split_stream` of the loaded `data` (whatever its inputs: images, or features)."""
     n_classes = int(data.train_y.max()) + 1
-    if n_tasks < 1 or n_classes % n_tasks:
-        raise ValueError(
-            f"benchmark.n_tasks={n_tasks} must divide the {n_classes} classes of {dataset!r}"
-        )
+    check_n_tasks(n_tasks, n_classes, dataset)
     if class_order is None:
         order = torch.arange(n_classes)
         if shuffle_classes:

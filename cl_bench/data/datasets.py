@@ -119,6 +119,13 @@ def _labels(y: np.ndarray, x: torch.Tensor, key: str, source: Path, info: Datase
         bad = y.min() if y.min() < 0 else y.max()
         raise DataError(f"{source}: {key} holds label {bad}, outside 0..{info.n_classes - 1} "
                         f"({info.dir_name} has {info.n_classes} classes)")
+    absent = np.setdiff1d(np.arange(info.n_classes), y)
+    if len(absent):  # else a split would blame benchmark.n_tasks for the classes it counts
+        raise DataError(f"{source}: {key} has no image of class {absent[0]}"
+                        + (f" ({len(absent)} classes missing)" if len(absent) > 1 else "")
+                        + f"; {info.dir_name} has {info.n_classes} classes (0.."
+                        f"{info.n_classes - 1}), each needs images in both splits: the file "
+                        "is incomplete, write it again with every class")
     return torch.as_tensor(y, dtype=torch.int64)
 
 

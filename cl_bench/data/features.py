@@ -19,7 +19,12 @@ from pathlib import Path
 
 import torch
 
-from cl_bench.data.benchmarks import SplitBenchmarkConf, keep_classes, split_dataset
+from cl_bench.data.benchmarks import (
+    SplitBenchmarkConf,
+    check_n_tasks,
+    keep_classes,
+    split_dataset,
+)
 from cl_bench.data.datasets import ArrayDataset, load_dataset
 from cl_bench.data.stream import TaskStream
 from cl_bench.data.transforms import Preprocess
@@ -94,6 +99,8 @@ def feature_stream(*, weights: str | Path, cache: str, dataset: str, root: str |
     if root is not None:  # a missing extractor fails before the dataset is read
         weights_file(weights, "benchmark.weights")
     data = load_dataset(dataset, root, download)  # names data.root when it is unset
+    classes = split.pop("classes", None)  # a bad split fails before the extraction
+    check_n_tasks(split["n_tasks"], len(classes) if classes else data.info.n_classes, dataset)
     weights = weights_file(weights, "benchmark.weights")
     extractor = conv5_extractor().eval()
     weights_sha = load_conv5(extractor, weights, key="benchmark.weights")
@@ -114,7 +121,6 @@ def feature_stream(*, weights: str | Path, cache: str, dataset: str, root: str |
             cache_error = (f"the conv5 features could not be cached in {path} ({err}); set "
                            "cache.root (or CLBENCH_CACHE) to a folder you can write")
     featured = replace(data, train_x=feats[0][:, :, None, None], test_x=feats[1][:, :, None, None])
-    classes = split.pop("classes", None)
     if classes is not None:
         featured = keep_classes(featured, list(classes))
     stream = split_dataset(featured, dataset=dataset, **split)

@@ -21,11 +21,13 @@ log = logging.getLogger("cl_bench")
 
 
 class ConsoleLogger:
-    """Progress bar per task (loss, iterations/s, ETA) and end-of-run tables."""
+    """Progress bar per task (loss, iterations/s, ETA) and warnings on stderr; the
+    end-of-run tables and the run directory on stdout (`clbench > log` keeps them)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.console = Console(stderr=True, quiet=not enabled)
+        self.out = Console(quiet=not enabled)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[speed]} it/s"),
@@ -55,10 +57,11 @@ class ConsoleLogger:
         if self.progress.live.is_started:
             self.progress.stop()
 
-    def say(self, text: str) -> None:
-        """One line as it is: never wrapped (rich wraps at 80 columns when stderr is not a
-        terminal, which would split a path), no markup."""
-        self.console.print(text, soft_wrap=True, markup=False, highlight=False)
+    def say(self, text: str, stdout: bool = False) -> None:
+        """One line as it is (on stderr, or stdout): never wrapped (rich wraps at 80
+        columns when the stream is not a terminal, which would split a path), no markup."""
+        console = self.out if stdout else self.console
+        console.print(text, soft_wrap=True, markup=False, highlight=False)
 
     def warn(self, text: str) -> None:
         """A warning: on stderr even with logger.console=false, and in clbench.log."""
@@ -77,17 +80,17 @@ class ConsoleLogger:
                 table.add_column(f"T{j + 1}", justify="right")
             for i, row in enumerate(a):
                 table.add_row(f"T{i + 1}", *(f"{v:.3f}" for v in row))
-            self.console.print(table)
+            self.out.print(table)
         table = Table(title="final metrics")
         table.add_column("metric")
         for scenario in matrices:
             table.add_column(scenario, justify="right")
         for metric in ("acc", "aia", "forgetting", "bwt", "fwt"):
             table.add_row(metric, *(f"{summary[f'{metric}_{s}']:.4f}" for s in matrices))
-        self.console.print(table)
-        self.console.print(
+        self.out.print(table)
+        self.out.print(
             f"train FLOPs {summary['train_flops']:.3e}  eval FLOPs {summary['eval_flops']:.3e}  "
             f"train {summary['train_seconds']:.1f} s  eval {summary['eval_seconds']:.1f} s  "
             f"memory {summary['memory_bytes']} B"
         )
-        self.say(f"run dir: {run_dir}")
+        self.say(f"run dir: {run_dir}", stdout=True)

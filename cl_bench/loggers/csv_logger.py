@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from cl_bench.errors import writing
+
 ACC_COLUMNS = ["train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_il",
                "acc_domain_il"]
 CURVE_COLUMNS = ["step", "train_task", "eval_task", "accuracy", "acc_class_il", "acc_task_il",
@@ -24,12 +26,13 @@ def atomic_write(path: Path, text: str) -> None:
     """Writes `text` to a temporary file and renames it over `path`; a failed write (a
     full disk) leaves `path` as it was and no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path, len(text.encode())):
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_summary(run_dir: str | Path, summary: dict) -> None:
@@ -110,8 +113,15 @@ class CSVLogger:
         self._columns[name] = columns
 
     def _write(self, name: str, rows: list[dict]) -> None:
-        self._writers[name].writerows(rows)
-        self._files[name].flush()
+        def size() -> int:  # asked only when the disk is full
+            buf = io.StringIO()
+            csv.DictWriter(buf, self._columns[name], restval="", extrasaction="ignore"
+                           ).writerows(rows)
+            return len(buf.getvalue().encode())
+
+        with writing(self.run_dir / f"{name}.csv", size):
+            self._writers[name].writerows(rows)
+            self._files[name].flush()
 
     def log_acc_rows(self, rows: list[dict]) -> None:
         self._write("acc_matrix", rows)

@@ -147,6 +147,29 @@ class Relational:
         self.weighted_steps = 0
         self.task_weights: list[torch.Tensor | None] = []  # mean learned weights per task
 
+    @classmethod
+    def unhonoured(cls, cfg) -> str | None:
+        """An option a phase would ignore (cl_bench.checks): after the warm start each
+        current sample pairs with one replayed sample, so a replay batch other than the
+        training batch would hold only in the warm start; constant weights need a learned
+        phase."""
+        from cl_bench.checks import batch_size
+
+        m = cfg.method
+        if m.warm_start < 1 and m.get("replay_batch_size", None) not in (None,
+                                                                         batch_size(cfg)):
+            return (f"method.replay_batch_size={m.replay_batch_size}: after the warm start RER "
+                    f"pairs each current sample with one replayed sample, so replayed batches "
+                    f"have the training batch's {batch_size(cfg)} samples there and the value "
+                    f"would hold in the warm start only; set method.replay_batch_size="
+                    f"{batch_size(cfg)} (or method.warm_start=1 to keep the base method's "
+                    "loss throughout)")
+        if m.warm_start >= 1 and m.get("constant_weights") is not None:
+            return ("method.constant_weights replaces the learned weights after the warm start, "
+                    "and method.warm_start=1 leaves no step after it; lower method.warm_start "
+                    "or drop method.constant_weights")
+        return None
+
     # -- phases ---------------------------------------------------------------------------
     def before_task(self, task):
         super().before_task(task)

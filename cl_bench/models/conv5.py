@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cl_bench.errors import DamagedFile
 from cl_bench.schemas import defaults_from, schema
+from cl_bench.weightfiles import CONV5, conv5_rebuild, read_npz
 
 CHANNELS = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2)]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -51,15 +53,21 @@ def load_conv5(extractor: nn.Sequential, path: str | Path, key: str = "model.wei
     the file's sha256 (hex). `key` is the config key that named the file, for the error
     message."""
     path = weights_file(path, key)
-    arrays = np.load(path)
+    names = [f"conv{i + 1}.{a}" for i in range(5)
+             for a in ("weight", "bn_weight", "bn_bias", "bn_running_mean", "bn_running_var")]
+    arrays = read_npz(path, key, names, CONV5, conv5_rebuild(path))
     for i in range(5):
         conv, bn = extractor[3 * i], extractor[3 * i + 1]
         p = f"conv{i + 1}."
-        conv.weight.data.copy_(torch.from_numpy(arrays[p + "weight"]))
-        bn.weight.data.copy_(torch.from_numpy(arrays[p + "bn_weight"]))
-        bn.bias.data.copy_(torch.from_numpy(arrays[p + "bn_bias"]))
-        bn.running_mean.copy_(torch.from_numpy(arrays[p + "bn_running_mean"]))
-        bn.running_var.copy_(torch.from_numpy(arrays[p + "bn_running_var"]))
+        for target, name in ((conv.weight.data, "weight"), (bn.weight.data, "bn_weight"),
+                             (bn.bias.data, "bn_bias"), (bn.running_mean, "bn_running_mean"),
+                             (bn.running_var, "bn_running_var")):
+            if arrays[p + name].shape != tuple(target.shape):
+                raise DamagedFile(f"{key}={path}: array {p + name} has shape "
+                                  f"{arrays[p + name].shape}, the extractor's is "
+                                  f"{tuple(target.shape)}: it is not {CONV5}. Fix: "
+                                  f"{conv5_rebuild(path)}")
+            target.copy_(torch.from_numpy(arrays[p + name]))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -125,7 +125,8 @@ def plot_acc_vs_flops(table: pd.DataFrame, keys: list[str], metric: str, path: P
     x = table[f"{column}_mean"].to_numpy(float)
     acc = table[f"{metric}_mean"].to_numpy(float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.errorbar(x, acc, xerr=table[f"{column}_std"], yerr=table[f"{metric}_std"],
+    ax.errorbar(x, acc, xerr=table[f"{column}_std"].fillna(0.0),
+                yerr=table[f"{metric}_std"].fillna(0.0),
                 fmt="o", capsize=3)
     for row, xi, y in zip(table.itertuples(index=False), x, acc, strict=True):
         ax.annotate(label_of(tuple(row[: len(keys)]), keys), (xi, y), fontsize=7,

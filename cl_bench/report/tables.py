@@ -56,7 +56,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         row["seeds"] = " ".join(str(s) for s in sorted(group["seed"].tolist()))
         for m in metrics:
             row[f"{m}_mean"] = group[m].mean()
-            row[f"{m}_std"] = group[m].std(ddof=1) if len(group) > 1 else 0.0
+            row[f"{m}_std"] = group[m].std(ddof=1)  # NaN for one run: no spread to show
             row[f"{m}_ci95"] = ci95(group[m])
         out.append(row)
     return pd.DataFrame(out)
@@ -77,7 +77,8 @@ CELL = "mean ± std [95% CI]"  # what a cell of `display_table` shows
 
 def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Strings 'mean ± std [CI low, CI high]' per metric (the 95% CI only with two or
-    more seeds), for printing, Markdown and LaTeX."""
+    more seeds; 'mean (n=1)' for a single run, which has no spread), for printing,
+    Markdown and LaTeX."""
     shown = table[keys + ["n"]].copy()
     for col in table.columns:
         if col.endswith("_mean"):
@@ -85,6 +86,9 @@ def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             cells = []
             for m, s, h in zip(table[col], table[f"{metric}_std"], table[f"{metric}_ci95"],
                                strict=True):
+                if pd.isna(s):
+                    cells.append(f"{_fmt(m, metric)} (n=1)" if not pd.isna(m) else "-")
+                    continue
                 ci = "" if pd.isna(h) else f" [{_fmt(m - h, metric)}, {_fmt(m + h, metric)}]"
                 cells.append(f"{_fmt(m, metric)} ± {_fmt(s, metric)}{ci}")
             shown[metric] = cells
