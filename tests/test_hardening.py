@@ -175,8 +175,8 @@ def test_a_damaged_features_extractor_is_one_message(damaged, tmp_path, monkeypa
 def test_a_damaged_pretrain_cache_names_clbench_pretrain(tmp_path):
     from omegaconf import OmegaConf
 
+    from cl_bench import weights as pretrained
     from cl_bench.errors import DamagedFile
-    from cl_bench.models import pretrained
 
     cfg = compose_config(["model=resnet18_reduced", "model.weights=pretrain"]).model
     data = OmegaConf.create({})  # never read: the cache file is found first
