@@ -30,7 +30,7 @@ NOT_STATED = {"_target_", "name", "defaults"}
 def composed_node(group: str, option: str):
     if group == "plugin":
         return compose_config([f"plugin=[{option}]"]).plugins[option]
-    # method=er: no published protocol (conf/pair/) merges into the benchmark
+    # method=er: no published protocol (experiment/split_cifar100_mlp_*) merges into it
     return compose_config([f"{group}={option}", *(["method=er"] * (group == "benchmark"))])[group]
 
 
