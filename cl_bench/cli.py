@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_bench.config import register_schemas
+from cl_bench.config import pairs, register_schemas
 from cl_bench.errors import describe, user_error
 from cl_bench.identity import run_id
 from cl_bench.paths import CONF_DIR  # re-exported: `from cl_bench.cli import CONF_DIR`
@@ -48,10 +48,11 @@ def option_groups(choices=None) -> str:
 
 
 def _if_pair(pair: str, then: str, otherwise: str) -> str:
-    """conf/config.yaml's optimizer choice: `then` when conf/pair/ has the protocol `pair`
-    (<benchmark>_<model>_<method>), else `otherwise`. A pair, chosen by an interpolation in
-    the defaults list, may not switch a group itself (Hydra forbids overrides there)."""
-    return then if Path(CONF_DIR, "pair", f"{pair}.yaml").is_file() else otherwise
+    """conf/config.yaml's optimizer choice: `then` when conf/experiment/ has the published
+    protocol `pair` (a preset named <benchmark>_<model>_<method>), else `otherwise`. That
+    preset, chosen by an interpolation in the defaults list, may not switch a group itself
+    (Hydra forbids overrides there)."""
+    return then if pair in pairs() else otherwise
 
 
 OmegaConf.register_new_resolver("clbench_if_pair", _if_pair, replace=True)

@@ -110,13 +110,15 @@ class ClbenchConf:
     output_root: str = "outputs"
     skip_done: bool = False
     threads: int | None = None  # torch's intra-op threads; null: torch's choice (summary: threads)
-    protocol: str = "paper"  # paper | cpu: the budget of the conf/pair/ protocols
-    pair: str | None = None  # the conf/pair/ protocol applied (set by the pair itself)
+    protocol: str = "paper"  # paper | cpu: the size of the published protocols
+    pair: str | None = None  # the published protocol applied (set by its preset)
 
 
 def pairs() -> list[str]:
-    """The protocols of conf/pair/, each named <benchmark>_<model>_<method>."""
-    return sorted(p.stem for p in Path(CONF_DIR, "pair").glob("*.yaml"))
+    """The published protocols: the presets of conf/experiment/ that set `pair`, each named
+    <benchmark>_<model>_<method> and applied to that combination without `experiment=`."""
+    return sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml")
+                  if "\npair: " in p.read_text())
 
 
 # packages whose modules define schemas next to their classes (`@schema(group, name)`)
@@ -169,9 +171,9 @@ def check_config(cfg: DictConfig) -> None:
                           f"e.g. {missing[0]}=VALUE")
     if cfg.get("protocol", "paper") != "paper" and cfg.get("pair") is None:
         raise ConfigError(
-            f"protocol={cfg.protocol} sizes the published protocols of conf/pair/, and "
+            f"protocol={cfg.protocol} sizes the published protocols (conf/experiment/), and "
             f"benchmark={cfg.benchmark.name} model={cfg.model.name} method={cfg.method.name} "
-            f"has none (conf/pair/ has {', '.join(pairs())}, named benchmark_model_method); "
+            f"has none (there are {', '.join(pairs())}, named benchmark_model_method); "
             "drop protocol= or choose one of those")
     for key in ("lr", "momentum", "weight_decay"):
         value = cfg.optimizer.get(key)

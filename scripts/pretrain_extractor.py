@@ -1,5 +1,6 @@
 """Pretrain the conv5 feature extractor on CIFAR-10 and save it as a `.npz` that
-`benchmark=split_cifar100_features` (and the split CIFAR-100 protocol of conf/pair/) and
+`benchmark=split_cifar100_features` (and the split CIFAR-100 protocol of the presets
+conf/experiment/split_cifar100_mlp_*) and
 `model=conv5_frozen` load (format: the README of the shared conv5_cifar10 weights). They
 read `<weights.root>/conv5_cifar10/conv5_cifar10.npz` by default (weights.root:
 $CLBENCH_WEIGHTS, else models/ beside the data root), or the file named by

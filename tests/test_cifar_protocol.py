@@ -1,6 +1,7 @@
 """The CIFAR-100 internal-replay protocol end to end on small fabricated npz data: the
-flagship `clbench benchmark=split_cifar100 method=plr` (conf/pair/), the extractor found
-under the weights root, the feature cache under the cache root (never the data root)."""
+flagship `clbench benchmark=split_cifar100 method=plr` (the preset
+conf/experiment/split_cifar100_mlp_plr.yaml), the extractor found under the weights root,
+the feature cache under the cache root (never the data root)."""
 
 import hashlib
 import os
@@ -76,7 +77,7 @@ def test_flagship_runs_the_paper_protocol_from_a_read_only_data_root(shared, env
     data, weights = shared
     cache = env(data)
     cfg = compose_config(["benchmark=split_cifar100", "method=plr"])
-    # the paper protocol (conf/pair/split_cifar100_mlp_plr.yaml), no preset or path named
+    # the paper protocol (conf/experiment/split_cifar100_mlp_plr.yaml), no preset or path named
     assert cfg.pair == "split_cifar100_mlp_plr" and cfg.protocol == "paper"
     assert cfg.benchmark._target_ == "cl_bench.data.features.feature_stream"
     assert list(cfg.model.hidden) == [2000, 2000] and cfg.model.name == "mlp"

@@ -167,8 +167,9 @@ class SplitBenchmarkConf:
     name: str = "???"
     dataset: str = "???"
     n_tasks: int = 5
+    # explicit order of the original labels, e.g. [1, 0, 3, 2, ...]
     class_order: list[int] | None = None
-    shuffle_classes: bool = False
+    shuffle_classes: bool = False  # true: shuffle the class order with class_seed
     class_seed: int = 0
     classes: list[int] | None = None  # only these original labels (relabelled 0..len-1)
     scenario: Scenario = Scenario.class_il

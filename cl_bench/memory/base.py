@@ -25,6 +25,7 @@ class BufferConf(MemoryConf):
     size: int = 500  # the seq-MNIST tables' buffer (DER, Buzzega et al.: 200 / 500 / 5120)
 
 
+@defaults_from(MemoryConf)  # size 0: no memory, as memory=none
 class Memory:
     """A replay memory: `add(batch)`, `sample(n) -> Batch`, `update(index, loss=...)`,
     `stored()` (a read-only view of what is held), `len`, `nbytes`.
@@ -80,7 +81,6 @@ class Memory:
         self.generator.set_state(state["generator"])
 
 
-@defaults_from(MemoryConf)
 class NoMemory(Memory):
     """No replay memory (finetune, joint)."""
 
