@@ -41,7 +41,7 @@ from cl_bench.data.modes import (
     required_modes,
     sees_labels,
 )
-from cl_bench.data.stream import Task, TaskStream, carve_validation
+from cl_bench.data.stream import Task, TaskStream, carve_validation, shared_labels
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError, describe, user_error
 from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id
@@ -154,6 +154,8 @@ def build_stream(cfg: DictConfig) -> TaskStream:
                               root=cfg.data.root, download=cfg.data.download)
     stream = carve_validation(stream, cfg.benchmark.get("val_fraction", 0.0), cfg.seed)
     scenario = scenario_of(cfg)
+    if scenario == "domain_il" and "class_il" in stream.scenarios:  # split -> one shared head
+        stream = shared_labels(stream)
     if scenario not in stream.scenarios:
         raise ValueError(
             f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "
