@@ -191,7 +191,9 @@ def test_a_batch_of_one_class_pairs_each_sample_with_itself_and_gets_no_gradient
     loss = method.loss(b)["ebm"]
     torch.testing.assert_close(loss, torch.log(torch.tensor(2.0)))
     loss.backward()
-    assert all(p.grad is None or not p.grad.any() for p in method.model.parameters())
+    # analytically zero: the positive and negative energies are the same; a BLAS may leave
+    # rounding residue of the two equal terms (torch 2.14 on CPU does)
+    assert all(p.grad is None or p.grad.abs().max() < 1e-6 for p in method.model.parameters())
 
 
 def test_predict_is_minus_the_energy_over_the_seen_classes():
