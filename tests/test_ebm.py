@@ -266,7 +266,8 @@ def test_ebm_beats_the_softmax_classifier_in_class_il(run_job):
     boundary-agnostic variant to 100)."""
     ebm, _ = run_job("experiment=ebm_split_mnist", "budget.iters=200", "eval.every=0")
     softmax, _ = run_job("experiment=three_scenarios_split", "method=finetune",
-                         "optimizer.lr=0.0001", "budget.iters=200", "eval.every=0")
+                         "optimizer.lr=0.0001", "budget.iters=200", "eval.every=0",
+                         "benchmark.normalize=standard", "benchmark.shuffle_classes=false")
     agnostic, _ = run_job("experiment=ebm_split_mnist", "stream=task_free",
                           "method.negatives=batch", "model.layers=2", "budget.iters=100",
                           "eval.every=0")
