@@ -16,7 +16,7 @@ from torch import nn
 from cl_bench.budget.budget import Budget
 from cl_bench.budget.flops import FlopCounter
 from cl_bench.data.modes import blur, budget_overrides, check_stream, required_modes
-from cl_bench.data.stream import TaskStream, carve_validation
+from cl_bench.data.stream import TaskStream, carve_validation, shared_labels
 from cl_bench.data.transforms import Preprocess
 from cl_bench.errors import ConfigError
 from cl_bench.loggers.artifacts import Artifacts
@@ -59,6 +59,8 @@ def build_stream(cfg: DictConfig) -> TaskStream:
                               root=cfg.data.root, download=cfg.data.download)
     stream = carve_validation(stream, cfg.benchmark.get("val_fraction", 0.0), cfg.seed)
     scenario = scenario_of(cfg)
+    if scenario == "domain_il" and "class_il" in stream.scenarios:  # split -> one shared head
+        stream = shared_labels(stream)
     if scenario not in stream.scenarios:
         raise ValueError(
             f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "

@@ -55,7 +55,19 @@ def _if_pair(pair: str, then: str, otherwise: str) -> str:
     return then if pair in pairs() else otherwise
 
 
+def _per_scenario(scenario, values):
+    """`${clbench_per_scenario:${scenario},{task_il: a, domain_il: b, class_il: c}}`: the
+    value a published protocol uses in the run's scenario (e.g. a regularisation strength
+    that the three-scenarios papers set per scenario)."""
+    name = str(getattr(scenario, "value", scenario)).rsplit(".", 1)[-1]
+    if name not in values:
+        raise ValueError(f"this preset has no value for scenario={name}; it has "
+                         f"{sorted(values)}: choose one of those scenarios")
+    return values[name]
+
+
 OmegaConf.register_new_resolver("clbench_if_pair", _if_pair, replace=True)
+OmegaConf.register_new_resolver("clbench_per_scenario", _per_scenario, replace=True)
 OmegaConf.register_new_resolver("clbench_uid", lambda: _INVOCATION_UID[0], replace=True)
 OmegaConf.register_new_resolver("clbench_run_id", lambda *, _root_: run_id(_root_), replace=True)
 OmegaConf.register_new_resolver(

@@ -33,20 +33,23 @@ from pathlib import Path
 from _pool import mean_sd, run_rows
 
 REPLAY = ["method.replay_batch_size=128", "memory=class_balanced", "memory.size=1000"]
+# the softmax baselines see the EBM presets' inputs: standardised pixels, digits in order
+SAME_INPUTS = ["benchmark.normalize=standard", "benchmark.shuffle_classes=false"]
 SPLIT_MNIST = {
     "ebm": ["experiment=ebm_split_mnist"],
     "ebm_task_free": ["experiment=ebm_split_mnist", "stream=task_free",
                       "method.negatives=batch", "model.layers=2"],
-    "softmax": ["experiment=three_scenarios_split", "method=finetune", "optimizer.lr=0.0001"],
+    "softmax": ["experiment=three_scenarios_split", "method=finetune", "optimizer.lr=0.0001",
+                *SAME_INPUTS],
     "ebm_replay": ["experiment=ebm_split_mnist", *REPLAY],
     "softmax_er": ["experiment=three_scenarios_split", "method=er", "optimizer.lr=0.0001",
-                   *REPLAY],
+                   *REPLAY, *SAME_INPUTS],
 }
 BENCHMARKS = {
     "split_mnist": (SPLIT_MNIST, 2000),
     "permuted_mnist": ({
         "ebm": ["experiment=ebm_permuted_mnist"],
-        "softmax": ["experiment=three_scenarios_permuted", "benchmark.labels=per_task",
+        "softmax": ["experiment=three_scenarios_permuted_cpu", "benchmark.labels=per_task",
                     "benchmark.scenario=class_il", "method=finetune",
                     "model.hidden=[1000,1000]", "optimizer.lr=0.0001"],
     }, 2000),

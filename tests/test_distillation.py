@@ -92,6 +92,8 @@ def test_lwf_distils_the_classes_active_before_with_van_de_vens_weight(scenario)
     # task 3: van de Ven's current + 2 x distillation (task- and domain-IL), + 1 x (class-IL)
     weight = 1 if scenario == "class_il" else 2
     assert lwf.loss(batch)["lwf"].item() == pytest.approx(weight * kd.item(), rel=1e-6)
+    lwf.weighting = "tasks"  # the 2019 code: 1/t current + (1 - 1/t) replay = 2 x in every scenario
+    assert lwf.loss(batch)["lwf"].item() == pytest.approx(2 * kd.item(), rel=1e-6)
     lwf.alpha = 0.5
     assert lwf.loss(batch)["lwf"].item() == pytest.approx(0.5 * kd.item(), rel=1e-6)
     lwf.t2_scaling = True

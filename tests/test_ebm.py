@@ -191,7 +191,9 @@ def test_a_batch_of_one_class_pairs_each_sample_with_itself_and_gets_no_gradient
     loss = method.loss(b)["ebm"]
     torch.testing.assert_close(loss, torch.log(torch.tensor(2.0)))
     loss.backward()
-    assert all(p.grad is None or not p.grad.any() for p in method.model.parameters())
+    # analytically zero: the positive and negative energies are the same; a BLAS may leave
+    # rounding residue of the two equal terms (torch 2.14 on CPU does)
+    assert all(p.grad is None or p.grad.abs().max() < 1e-6 for p in method.model.parameters())
 
 
 def test_predict_is_minus_the_energy_over_the_seen_classes():
@@ -264,7 +266,8 @@ def test_ebm_beats_the_softmax_classifier_in_class_il(run_job):
     boundary-agnostic variant to 100)."""
     ebm, _ = run_job("experiment=ebm_split_mnist", "budget.iters=200", "eval.every=0")
     softmax, _ = run_job("experiment=three_scenarios_split", "method=finetune",
-                         "optimizer.lr=0.0001", "budget.iters=200", "eval.every=0")
+                         "optimizer.lr=0.0001", "budget.iters=200", "eval.every=0",
+                         "benchmark.normalize=standard", "benchmark.shuffle_classes=false")
     agnostic, _ = run_job("experiment=ebm_split_mnist", "stream=task_free",
                           "method.negatives=batch", "model.layers=2", "budget.iters=100",
                           "eval.every=0")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from cl_bench.data.datasets import ArrayDataset, load_dataset
 from cl_bench.data.stream import Task, TaskStream
@@ -25,18 +26,43 @@ def split_stream(
     shuffle_classes: bool = False,
     class_seed: int = 0,
     classes: list[int] | None = None,
+    normalize: str = "standard",
+    pad: int = 0,
     root: str | Path | None = None,
     download: bool = False,
 ) -> TaskStream:
     """Split a labelled dataset into `n_tasks` tasks of disjoint classes (class/task-IL).
     `classes`: only these original labels, relabelled 0..len-1 in the given order (e.g.
-    CIFAR-100's 0-49 when a backbone was pretrained on 50-99)."""
-    data = load_dataset(dataset, root, download)
+    CIFAR-100's 0-49 when a backbone was pretrained on 50-99). `normalize`, `pad`: see
+    `prepare_inputs`."""
+    data = prepare_inputs(load_dataset(dataset, root, download), normalize, pad)
     if classes is not None:
         data = keep_classes(data, list(classes))
     return split_dataset(data, name=name, dataset=dataset, n_tasks=n_tasks,
                          class_order=class_order, shuffle_classes=shuffle_classes,
                          class_seed=class_seed)
+
+
+NORMALIZE = ("standard", "none")
+
+
+def prepare_inputs(data: ArrayDataset, normalize: str = "standard", pad: int = 0) -> ArrayDataset:
+    """The inputs as a benchmark feeds them. `normalize=standard`: the runner standardises
+    pixels with the dataset's mean and std; `none`: it feeds x / 255 in [0, 1], as van de
+    Ven & Tolias (2019) do ("no other pre-processing"). `pad`: zero pixels added on every
+    side of the uint8 images first (2 turns MNIST into their 32x32 permuted-MNIST input)."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"benchmark.normalize={normalize!r}: choose one of {list(NORMALIZE)}")
+    if pad < 0:
+        raise ValueError(f"benchmark.pad={pad} must be >= 0 (zero pixels on every side)")
+    if pad:
+        data = replace(data, train_x=F.pad(data.train_x, (pad,) * 4),
+                       test_x=F.pad(data.test_x, (pad,) * 4))
+    if normalize == "none":
+        channels = len(data.info.mean)
+        data = replace(data, info=replace(data.info, mean=(0.0,) * channels,
+                                          std=(1.0,) * channels))
+    return data
 
 
 def keep_classes(data: ArrayDataset, classes: list[int]) -> ArrayDataset:
@@ -116,17 +142,20 @@ def permuted_stream(
     permute_first: bool = True,
     permutation_seed: int = 0,
     labels: str = "shared",
+    normalize: str = "standard",
+    pad: int = 0,
     root: str | Path | None = None,
     download: bool = False,
 ) -> TaskStream:
     """Each task is the whole dataset under its own fixed pixel permutation. `labels=shared`:
     every task uses the dataset's classes (domain-IL); `per_task`: task t's classes are
     shifted by t x classes, so the stream has n_tasks x classes (the class-IL and task-IL
-    permuted MNIST of van de Ven et al., 2019, and of the EBM paper)."""
+    permuted MNIST of van de Ven et al., 2019, and of the EBM paper). The permutation acts
+    on the padded image (`pad`, as van de Ven & Tolias pad MNIST to 32x32 first)."""
     if labels not in ("shared", "per_task"):
         raise ValueError(f"benchmark.labels={labels!r}: choose 'shared' (domain-IL) or "
                          "'per_task' (class-IL / task-IL)")
-    data = load_dataset(dataset, root, download)
+    data = prepare_inputs(load_dataset(dataset, root, download), normalize, pad)
     n_classes = int(data.train_y.max()) + 1
     per_task = labels == "per_task"
     shape = tuple(data.train_x.shape[1:])
@@ -172,6 +201,8 @@ class SplitBenchmarkConf:
     shuffle_classes: bool = False  # true: shuffle the class order with class_seed
     class_seed: int = 0
     classes: list[int] | None = None  # only these original labels (relabelled 0..len-1)
+    normalize: str = "standard"  # standard: (x/255 - mean) / std | none: x/255 in [0, 1]
+    pad: int = 0  # zero pixels added on every side (2: MNIST as 32x32)
     scenario: Scenario = Scenario.class_il
     augment: str = "none"
     val_fraction: float = 0.0  # of each task's training data held out for validation
@@ -187,6 +218,8 @@ class PermutedBenchmarkConf:
     permute_first: bool = True
     permutation_seed: int = 0
     labels: str = "shared"  # shared: domain-IL | per_task: n_tasks x classes (class-/task-IL)
+    normalize: str = "standard"  # standard: (x/255 - mean) / std | none: x/255 in [0, 1]
+    pad: int = 0  # zero pixels added on every side, before the permutation (2: 32x32)
     scenario: Scenario = Scenario.domain_il
     augment: str = "none"
     val_fraction: float = 0.0  # of each task's training data held out for validation

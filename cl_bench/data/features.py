@@ -96,6 +96,10 @@ def feature_stream(*, weights: str | Path, cache: str, dataset: str, root: str |
     """`split_stream` of `dataset` with each image replaced by its conv5 features, shaped
     (1024, 1, 1) so the runner's preprocessing passes them through unchanged. The features
     are read from the cache under `cache` when there, else computed and cached there."""
+    for key, default in (("normalize", "standard"), ("pad", 0)):
+        if split.pop(key, default) != default:
+            raise ValueError(f"benchmark.{key} does not apply to cached conv5 features (they "
+                             f"are fed as extracted); drop benchmark.{key}")
     if root is not None:  # a missing extractor fails before the dataset is read
         weights_file(weights, "benchmark.weights")
     data = load_dataset(dataset, root, download)  # names data.root when it is unset

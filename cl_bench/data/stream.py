@@ -97,3 +97,20 @@ def carve_validation(stream: TaskStream, fraction: float, seed: int) -> TaskStre
         tasks.append(replace(task, train_x=task.train_x[keep], train_y=task.train_y[keep],
                              val_x=task.train_x[val], val_y=task.train_y[val]))
     return replace(stream, tasks=tasks)
+
+
+def shared_labels(stream: TaskStream) -> TaskStream:
+    """The domain-IL version of a split stream: every task's labels become their position
+    within the task (split MNIST's digits 2t, 2t+1 -> 0, 1), so all tasks share one head of
+    `k` outputs (van de Ven & Tolias 2019: split MNIST domain-IL, "is it odd or even")."""
+    sizes = {len(task.classes) for task in stream.tasks}
+    if len(sizes) != 1:
+        raise ValueError(f"scenario=domain_il on benchmark={stream.name} needs tasks of equal "
+                         f"size to share a head; its tasks have {sorted(sizes)} classes")
+    k = sizes.pop()
+    tasks = [replace(task, classes=list(range(k)), **{
+        f"{part}_y": None if getattr(task, f"{part}_y") is None
+        else getattr(task, f"{part}_y") - min(task.classes) for part in ("train", "test", "val")})
+        for task in stream.tasks]
+    return replace(stream, tasks=tasks, n_classes=k, scenarios=("domain_il",),
+                   class_order=list(range(k)))

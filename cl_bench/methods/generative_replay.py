@@ -21,4 +21,8 @@ class GenerativeReplay(LatentReplay):
     learning"): a VAE learns level 0 alone (the classifier's input, or the frozen
     extractor's output), by default with a N(0, I) prior sampled unconditionally and a
     sigmoid/BCE pixel output as in their code; its samples take the previous classifier's
-    soft targets; current/replay losses are weighted 1/t, 1 - 1/t."""
+    soft targets; current/replay losses are weighted 1/t, 1 - 1/t. In domain-IL every task
+    shares the outputs, so the samples are distilled over all of them (their split-MNIST
+    domain-IL runs)."""
+
+    supported_scenarios = ("class_il", "task_il", "domain_il")

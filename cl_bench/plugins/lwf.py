@@ -32,13 +32,21 @@ def check_distill_args(name: str, temperature: float, alpha: float | None) -> No
                          "van de Ven's weighting")
 
 
-def distill_weight(alpha: float | None, scenario: str, n_previous: int) -> float:
-    """`alpha`, or with `alpha=None` van de Ven's LwF weighting (`lwf_weighting` in
-    GMvandeVen/continual-learning): current loss + (number of previous tasks) x the
-    distillation in task-IL and domain-IL, current loss + the distillation in class-IL."""
+WEIGHTINGS = ("scenario", "tasks")
+
+
+def distill_weight(alpha: float | None, scenario: str, n_previous: int,
+                   weighting: str = "scenario") -> float:
+    """`alpha`, or with `alpha=None` van de Ven's LwF weighting: `weighting=scenario`, his
+    current code's (`lwf_weighting` in GMvandeVen/continual-learning): current loss +
+    (number of previous tasks) x the distillation in task-IL and domain-IL, current loss +
+    the distillation in class-IL; `weighting=tasks`, his 2019 "three scenarios" code's
+    (`train.py`: 1/t current + (1 - 1/t) replay, which under Adam is the same step as
+    current + (t - 1) x replay): (number of previous tasks) x the distillation in every
+    scenario."""
     if alpha is not None:
         return float(alpha)
-    return 1.0 if scenario == "class_il" else float(n_previous)
+    return 1.0 if scenario == "class_il" and weighting == "scenario" else float(n_previous)
 
 
 @schema("plugin", "lwf")
@@ -48,6 +56,7 @@ class LwFConf(PluginConf):
     temperature: float = 2.0
     alpha: float | None = None  # weight of the distillation; null: van de Ven's (t - 1 / 1)
     t2_scaling: bool = False  # multiply the distillation by T^2 (Hinton et al.)
+    weighting: str = "scenario"  # alpha=null: scenario (current code) | tasks (2019 code)
 
 
 @defaults_from(LwFConf)
@@ -69,7 +78,8 @@ class LwF(Plugin):
     in task-IL (so the per-task distillations are summed) and domain-IL, 1 in class-IL.
     The distillation is not multiplied by T^2 (van de Ven's `loss_fn_kd(norm=False)`);
     `t2_scaling: true` multiplies it (Hinton et al.; his 2019 "three scenarios" code, which
-    weights 1/t current vs 1 - 1/t distillation, i.e. w = t - 1, in every scenario).
+    weights 1/t current vs 1 - 1/t distillation, i.e. w = t - 1, in every scenario:
+    `weighting: tasks`).
     FLOPs: the teacher's forward is `flops_teacher`; the model's logits are those of the
     method's own pass when it ran on the current batch (finetune), else an extra pass
     (e.g. ER, whose pass also holds replayed samples) counted as `flops_distillation`.
@@ -80,14 +90,18 @@ class LwF(Plugin):
     stability_knobs = ("alpha",)
 
     def __init__(self, temperature: float, alpha: float | None,
-                 t2_scaling: bool):
+                 t2_scaling: bool, weighting: str):
         check_distill_args("lwf", temperature, alpha)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"plugins.lwf.weighting={weighting!r}: choose 'scenario' (van de "
+                             "Ven's current code) or 'tasks' (his 2019 code)")
         self.temperature, self.alpha, self.t2_scaling = float(temperature), alpha, t2_scaling
+        self.weighting = weighting
         self.teacher: torch.nn.Module | None = None
         self.done: list[int] = []  # ids of the tasks completed so far
 
     def weight(self) -> float:
-        return distill_weight(self.alpha, self.method.scenario, len(self.done))
+        return distill_weight(self.alpha, self.method.scenario, len(self.done), self.weighting)
 
     def distillation(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The (unweighted) distillation of `target` (teacher logits) into `logits`."""
