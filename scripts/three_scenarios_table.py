@@ -61,13 +61,18 @@ def _completed(run_dir: Path) -> dict | None:
     return None
 
 
+PAPER_SEEDS = 20
+
+
 def verdict(mean: float, sem: float, pub: tuple[float, float | None] | None) -> str:
-    """Within 2 points or the combined 2-SEM spread of ours and the paper's, else how far."""
+    """Within 2 points or the paper's spread (its seeds' std, SEM x sqrt(20)), or our mean's
+    two combined SEMs, else OUTSIDE by how far."""
     if pub is None:
         return "–"
     gap = mean - pub[0]
-    spread = 2 * math.sqrt(sem**2 + (pub[1] or 0.0) ** 2)
-    return f"{gap:+.2f} " + ("within" if abs(gap) <= max(2.0, spread) else "OUTSIDE")
+    paper_sem = pub[1] or 0.0
+    spread = max(2.0, paper_sem * math.sqrt(PAPER_SEEDS), 2 * math.hypot(sem, paper_sem))
+    return f"{gap:+.2f} " + ("within" if abs(gap) <= spread else "OUTSIDE")
 
 
 def table(protocol: str, rows: dict[str, list[dict]]) -> str:
