@@ -107,6 +107,7 @@ def test_flagship_runs_the_paper_protocol_from_a_read_only_data_root(shared, env
     assert (summary["pair"], summary["protocol"], summary["method.split"]) == (
         "split_cifar100_mlp_plr", "paper", "ceil")
     assert summary["replay_samples_per_step"] == [8, 11, 20, 217]  # test_latent_replay.py
+    assert summary["method.generator_extra_layer"] is True  # their VAE: z -> 1000 -> a_3
     assert summary["replay_steps"] == 9 * iters
     assert _files(data) == before  # nothing written under the data root
     cached = list((cache / "features").glob("*.pt"))
