@@ -8,10 +8,11 @@ rule is within 2 points of the reference replay method at <= 0.6x its replay FLO
 
 `mnist`: split MNIST, the gr_mnist / plr_mnist presets (2x400 MLP, Adam 1e-3, batch 128 +
 128 replayed, 2000 iterations per task), reference generative_replay. `cifar100`: split
-CIFAR-100 on the frozen CIFAR-10 conv5 extractor's cached features (fc 2000-2000, Adam
-1e-4), `protocol=cpu` (1000 iterations per task, batch 128 + 128) unless `--protocol
-paper`, reference internal_replay. Per-run numbers go to `--out`/results.json; runs already
-completed under `--out` are reused.
+CIFAR-100 on the frozen CIFAR-10 conv5 extractor's cached features (fc 2000-2000 for BI-R's
+methods, 1000-1000-1000 for plr, Adam 1e-4), `protocol=cpu` (500 iterations per task, batch
+128 + 128) unless `--protocol paper`, reference internal_replay. `plr_a0` is the PLR
+authors' control: their machinery with all replay at a_0. Per-run numbers go to
+`--out`/results.json; runs already completed under `--out` are reused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ PROTOCOLS = {
             "generative_replay": ["experiment=gr_mnist"],
             "internal_replay": ["experiment=gr_mnist", "method=internal_replay"],
             **{f"plr_{r}": ["experiment=plr_mnist", f"method.rule={r}"] for r in RULES},
+            # the PLR authors' internal-replay control: the same machinery, all replay at a_0
+            "plr_a0": ["experiment=plr_mnist", "method.rule=explicit",
+                       "method.frequencies=[1,0,0]"],
+            "plr_cumulative_weights_extra_layer": [
+                "experiment=plr_mnist", "method.rule=cumulative_weights",
+                "method.generator_extra_layer=true"],
         },
     },
     "cifar100": {
@@ -41,6 +48,12 @@ PROTOCOLS = {
                for m in ("finetune", "joint", "internal_replay")},
             **{f"plr_{r}": ["benchmark=split_cifar100", "method=plr", f"method.rule={r}"]
                for r in RULES},
+            # plr runs the PLR authors' 1024-1000-1000-1000-100 (experiment/split_cifar100_mlp_plr): finetuning
+            # on it, and their all-at-a_0 control in the same machinery
+            "finetune_plr_net": ["benchmark=split_cifar100", "method=finetune",
+                                 "model.hidden=[1000,1000,1000]"],
+            "plr_a0": ["benchmark=split_cifar100", "method=plr", "method.rule=explicit",
+                       "method.frequencies=[1,0,0,0]"],
         },
     },
 }

@@ -35,7 +35,9 @@ RUNS = {
     # beyond the issue's five: one short run per method on the offline digits
     **{f"{m}_digits": [f"method={m}"] for m in
        ("agem", "der", "er_ace", "gcr", "gdumb", "joint", "incremental_joint")},
-    "plr_digits": ["method=plr", "budget.iters=60", "budget.batch_size=32"],
+    # stored before plr's generator took its authors' extra layer by default (issue 27)
+    "plr_digits": ["method=plr", "method.generator_extra_layer=false", "budget.iters=60",
+                   "budget.batch_size=32"],
     "internal_replay_digits": ["method=internal_replay", "method.replay_level=1",
                                "budget.iters=60", "budget.batch_size=32"],
     "er_nmc_digits": ["method=er", "model.head=nmc"],

@@ -49,6 +49,7 @@ TABLES: dict[str, list[list[str]]] = {
                              "1000", "--repeats", "3", "--precision", "fp32", "auto")],
     "replay-mnist": [script("compare_replay.py", "mnist", "--jobs", "{jobs}")],
     "replay-cifar100": [script("compare_replay.py", "cifar100", "--jobs", "{jobs}")],
+    "plr-split": [script("plr_split_table.py")],
     "sparse-mnist": [script("compare_sparse.py", "mnist", "--jobs", "{jobs}")],
     "sparse-cifar100": [script("compare_sparse.py", "cifar100", "--seeds", "0", "--methods",
                                "er", "derpp", "sparcl", "rigl_er", "er_freeze_sieve",

@@ -73,31 +73,43 @@ def _read_only(root: Path, on: bool) -> None:
         p.chmod(mode & ~write if on else mode | stat.S_IWUSR)
 
 
-def test_flagship_runs_the_paper_protocol_from_a_read_only_data_root(shared, env, tmp_path):
+@pytest.mark.parametrize("iters", [2, pytest.param(20, marks=pytest.mark.slow)])
+def test_flagship_runs_the_paper_protocol_from_a_read_only_data_root(shared, env, tmp_path,
+                                                                     iters):
+    """`clbench benchmark=split_cifar100 method=plr budget.iters=20` (slow: ~1 min on a
+    CPU core; 2 iterations in the default suite)."""
     data, weights = shared
     cache = env(data)
     cfg = compose_config(["benchmark=split_cifar100", "method=plr"])
-    # the paper protocol (conf/experiment/split_cifar100_mlp_plr.yaml), no preset or path named
+    # the paper protocol (experiment/split_cifar100_mlp_plr), no preset or path named
     assert cfg.pair == "split_cifar100_mlp_plr" and cfg.protocol == "paper"
     assert cfg.benchmark._target_ == "cl_bench.data.features.feature_stream"
-    assert list(cfg.model.hidden) == [2000, 2000] and cfg.model.name == "mlp"
+    # the PLR authors' network (experiment/split_cifar100_mlp_plr): four levels of 1000 under BI-R's budget
+    assert list(cfg.model.hidden) == [1000, 1000, 1000] and cfg.model.name == "mlp"
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
     assert (cfg.budget.batch_size, cfg.budget.iters, cfg.budget.epochs) == (256, 5000, None)
-    assert cfg.method.replay_batch_size == 256
+    assert cfg.method.replay_batch_size == 256 and cfg.method.split == "ceil"
+    assert (cfg.method.gate_prop, cfg.method.per_class_prior, cfg.method.z_dim) == (0, True, 100)
     assert Path(cfg.benchmark.weights).resolve() == weights.resolve()
     assert cfg.benchmark.cache == str(cache)
 
     before = _files(data)
     _read_only(data, True)
     try:
-        cfg = compose_config(["benchmark=split_cifar100", "method=plr", "budget.iters=2",
-                              "model.hidden=[32,32]", "eval.every=0", "logger.console=false"])
-        assert (cfg.budget.iters, list(cfg.model.hidden)) == (2, [32, 32])  # overrides win
+        cfg = compose_config(["benchmark=split_cifar100", "method=plr", f"budget.iters={iters}",
+                              "eval.every=0", "logger.console=false"])
+        assert cfg.budget.iters == iters  # overrides win
         assert (cfg.budget.batch_size, cfg.method.replay_batch_size) == (256, 256)
         summary = run_experiment(cfg, tmp_path / "run")
     finally:
         _read_only(data, False)
-    assert summary["status"] == "completed" and summary["steps"] == 20
+    assert summary["status"] == "completed" and summary["steps"] == 10 * iters
+    # the summary names the protocol and the split, and what the split replayed per level
+    assert (summary["pair"], summary["protocol"], summary["method.split"]) == (
+        "split_cifar100_mlp_plr", "paper", "ceil")
+    assert summary["replay_samples_per_step"] == [8, 11, 20, 217]  # test_latent_replay.py
+    assert summary["method.generator_extra_layer"] is True  # their VAE: z -> 1000 -> a_3
+    assert summary["replay_steps"] == 9 * iters
     assert _files(data) == before  # nothing written under the data root
     cached = list((cache / "features").glob("*.pt"))
     assert len(cached) == 1 and not list(cache.rglob("*.tmp"))

@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from cl_bench.budget.flops import FlopCounter
 from cl_bench.methods.latent_replay import (
@@ -64,10 +65,66 @@ def test_frequency_rules_and_partition():
                                                                     abs=1e-4)
     assert chunk_sizes(cum, 128) == [1, 3, 124]
     assert chunk_sizes([0.5, 0.25, 0.25], 7) == [3, 2, 2]  # 3.5, 1.75, 1.75
+    assert chunk_sizes([0.5, 0.25, 0.25], 7, "ceil") == [4, 2, 1]  # 4, then ceil(1.75), rest
+    assert chunk_sizes([0.6, 0.3, 0.1], 3, "ceil") == [2, 1, 0]  # the ceils run out of samples
+    with pytest.raises(ValueError, match="method.split"):
+        chunk_sizes(cum, 128, "floor")
     with pytest.raises(ValueError, match="method.frequencies"):
         plr_frequencies("explicit", params, [0.5, 0.5])
     with pytest.raises(ValueError, match="method.rule"):
         plr_frequencies("bottom_heavy", params)
+
+
+def _mlp_frequencies(shape, hidden, classes, rule):
+    with torch.device("meta"):
+        view = LevelView(MLP(shape, classes, hidden=hidden))
+    return view.param_counts(), plr_frequencies(rule, view.param_counts())
+
+
+def test_ceil_split_is_the_authors_2_4_122_on_the_split_mnist_network():
+    params, cum = _mlp_frequencies((1, 28, 28), (400, 400), 10, "cumulative_weights")
+    assert params == [314000, 160400, 4010]
+    # f_k * 128 = 1.04, 3.02, 123.94: rounded up at a_0 and a_1, the rest at a_2
+    assert chunk_sizes(cum, 128, "ceil") == [2, 4, 122]
+    assert chunk_sizes(cum, 128, "largest_remainder") == [1, 3, 124]
+
+
+def test_ceil_split_by_hand_on_the_four_level_cifar_network():
+    params, cum = _mlp_frequencies((1024,), (1000, 1000, 1000), 100, "cumulative_weights")
+    # weights + biases of 1024-1000, 1000-1000, 1000-1000, 1000-100
+    assert params == [1025000, 1001000, 1001000, 100100]
+    # cost above level k: C = 3127100, 2102100, 1101100, 100100; f_k = (C_0 / C_k) / sum
+    c = [3127100, 2102100, 1101100, 100100]
+    f = [c[0] / ck / sum(c[0] / cj for cj in c) for ck in c]
+    assert cum == pytest.approx(f)
+    # f_k * 256 = 7.0008, 10.414, 19.882, 218.70 -> ceil 8, 11, 20, the rest 217
+    assert [round(fk * 256, 3) for fk in f] == [7.001, 10.414, 19.882, 218.703]
+    assert chunk_sizes(cum, 256, "ceil") == [8, 11, 20, 217]
+    assert chunk_sizes(cum, 256, "largest_remainder") == [7, 10, 20, 219]
+
+
+def test_summary_effective_frequencies_are_the_replayed_counts(run_job, monkeypatch):
+    from cl_bench.methods import latent_replay
+
+    seen = []
+    classify = latent_replay.classify_chunks
+
+    def spy(view, chunks):
+        if view.model.training:  # the classifier's replay pass, not the teacher's
+            seen.append([(k, a.shape[0]) for k, a in chunks])
+        return classify(view, chunks)
+
+    monkeypatch.setattr(latent_replay, "classify_chunks", spy)
+    plr, _ = run_job("method=plr", "method.rule=cumulative_weights", *TINY)
+    n_levels = len(plr["replay_frequencies_nominal"])
+    counts = [sum(n for step in seen for k, n in step if k == lvl) for lvl in range(n_levels)]
+    assert plr["replay_steps"] == len(seen) == 5  # task 1's steps
+    assert plr["replay_samples_per_level"] == counts
+    assert plr["replay_samples_per_step"] == [c / 5 for c in counts]
+    assert plr["replay_frequencies_effective"] == [c / sum(counts) for c in counts]
+    # the executed split is the ceil split of the nominal frequencies
+    assert [c // 5 for c in counts] == chunk_sizes(plr["replay_frequencies_nominal"], 32, "ceil")
+    assert plr["method.split"] == "ceil"
 
 
 def test_temporal_partition_replays_level_k_on_f_k_of_the_steps():
@@ -104,6 +161,20 @@ def test_decoding_stops_at_the_injection_level():
         per_level.append(counter.train_flops)
     # fromZ 4->6, then 6->5, then 5->16
     assert per_level == [2 * 10 * 4 * 6, 2 * 10 * (24 + 30), 2 * 10 * (24 + 30 + 80)]
+
+
+def test_extra_generator_layer_is_the_authors_vae_shape():
+    plain = LevelVAE([16, 5, 6], n_classes=3, z_dim=4, gate_prop=0.5)
+    vae = LevelVAE([16, 5, 6], n_classes=3, z_dim=4, gate_prop=0.5, extra_layer=True)
+    widths = [(m.in_features, m.out_features) for m in vae.encoder if isinstance(m, nn.Linear)]
+    assert widths == [(16, 5), (5, 6), (6, 6)]  # encoder 16-5-6-6, as theirs 784-400-400-400
+    # the gates of the levels are the ones without the extra layer (drawn first)
+    assert all(torch.equal(getattr(vae, f"gate{i}"), getattr(plain, f"gate{i}")) for i in (0, 1))
+    counter = FlopCounter().attach(vae)
+    with torch.no_grad():
+        out = vae.decode(torch.randn(10, 4), torch.zeros(10, dtype=torch.long), down_to=2)
+    assert out[2].shape == (10, 6)
+    assert counter.train_flops == 2 * 10 * (4 * 6 + 6 * 6)  # fromZ z -> h, then h -> a_2
 
 
 def test_component_tags_partition_train_flops():
@@ -150,9 +221,12 @@ def test_gr_mnist_within_2_points_of_the_published_dgr_distill(run_job):
 
 def test_plr_replays_cheaper_than_generative_replay_and_logs_components(run_job):
     gr, gr_dir = run_job("method=generative_replay", *TINY)
-    plr, _ = run_job("method=plr", "method.rule=cumulative_weights", *TINY)
+    # the generator as generative replay's (no extra layer), so its training costs the same
+    plr, _ = run_job("method=plr", "method.rule=cumulative_weights",
+                     "method.generator_extra_layer=false", *TINY)
     full, _ = run_job("method=plr", "method.rule=cumulative_weights",
-                      "method.decode_to_level=false", *TINY)
+                      "method.generator_extra_layer=false", "method.decode_to_level=false",
+                      *TINY)
     train = pd.read_csv(gr_dir / "train.csv")
     parts = ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]
     assert (train[parts].sum(axis=1) == train.flops_cumulative).all()
@@ -194,7 +268,8 @@ def test_interrupted_generative_run_resumes_to_the_uninterrupted_result(tmp_path
 
     summary, ref = interrupt_and_resume(tmp_path, monkeypatch, LatentReplay, [*method, *TINY],
                                         stop_at=8)  # task 1's third step
-    for col in ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher"]:
+    for col in ["flops_generator_train", "flops_replay", "flops_current", "flops_teacher",
+                "replay_samples_per_level", "replay_steps"]:
         assert summary[col] == ref[col], col
 
 

@@ -6,6 +6,7 @@ Progressive Latent Replay, Pawlak et al., 2022)."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from cl_bench.schemas import schema
 
 TARGETS = ("from_a0", "from_injected_level")
 PARTITIONS = ("batch_split", "temporal")
+SPLITS = ("ceil", "largest_remainder")
 
 
 @schema("method", "latent_replay")
@@ -36,12 +38,25 @@ class LatentReplayConf(MethodConf):
     decode_to_level: bool = True  # the generator stops decoding at the sample's level
     targets: str = "from_injected_level"  # from_a0 | from_injected_level
     partition: str = "batch_split"  # batch_split | temporal
+    split: str = "ceil"  # ceil (the PLR authors' classifier) | largest_remainder
+    generator_extra_layer: bool = False  # the PLR authors' VAE: z -> h -> a_{L-1} (h no level)
     save_samples: bool = True  # samples_task{t}.png per task when level 0 is an image
     seed: int = 0
 
 
-def chunk_sizes(f: list[float], n: int) -> list[int]:
-    """Split `n` replay samples by the fractions `f` (largest remainder, sums to n)."""
+def chunk_sizes(f: list[float], n: int, split: str = "largest_remainder") -> list[int]:
+    """Split `n` replay samples by the fractions `f` (sums to n). `largest_remainder`:
+    floor of f_k * n, the leftover samples to the largest remainders. `ceil` (the PLR
+    authors' `Classifier.classify`): every level but the last takes ceil(f_k * n) of what
+    is left, the last level the rest, so low levels get up to one sample more each."""
+    if split == "ceil":
+        sizes, left = [], n
+        for fk in f[:-1]:
+            sizes.append(min(math.ceil(fk * n), left))
+            left -= sizes[-1]
+        return [*sizes, left]
+    if split != "largest_remainder":
+        raise ValueError(f"method.split={split!r}: choose one of {list(SPLITS)}")
     raw = [fk * n for fk in f]
     sizes = [int(r) for r in raw]
     by_remainder = sorted(range(len(f)), key=lambda k: raw[k] - sizes[k], reverse=True)
@@ -94,26 +109,34 @@ class LatentReplay(Method):
                  gate_prop: float, recon_loss: str,
                  kl_divisor: float | None, distill: bool, temperature: float,
                  decode_to_level: bool, targets: str,
-                 partition: str, save_samples: bool,
+                 partition: str, split: str,
+                 generator_extra_layer: bool, save_samples: bool,
                  seed: int, **kw):
         super().__init__(**kw)
         if targets not in TARGETS:
             raise ValueError(f"method.targets={targets!r}: choose one of {list(TARGETS)}")
         if partition not in PARTITIONS:
             raise ValueError(f"method.partition={partition!r}: choose one of {list(PARTITIONS)}")
+        if split not in SPLITS:
+            raise ValueError(f"method.split={split!r}: choose one of {list(SPLITS)}")
         self.generator_options = dict(z_dim=z_dim, per_class_prior=per_class_prior,
-                                      gate_prop=gate_prop, seed=seed, kl_divisor=kl_divisor)
+                                      gate_prop=gate_prop, seed=seed, kl_divisor=kl_divisor,
+                                      extra_layer=generator_extra_layer)
         self.recon_loss = recon_loss
         self.generator_lr = generator_lr
         self.replay_batch_size = replay_batch_size
         self.use_distill, self.temperature = distill, temperature
         self.decode_to_level, self.targets, self.partition = decode_to_level, targets, partition
+        self.split = split
         self.save_samples = save_samples
         self.view = LevelView(self.model)
         self.frequencies = [1.0] + [0.0] * (self.view.n_levels - 1)
         self.prev_model = self.prev_view = self.prev_generator = None
         self.task_count = 0
         self.credits = torch.zeros(self.view.n_levels, dtype=torch.float64)
+        # samples that entered the classifier at each level, and replay steps: host ints
+        # read off the chunks' shapes, so counting needs no device sync
+        self.replayed, self.replay_steps = [0] * self.view.n_levels, 0
         device = next(self.model.parameters()).device
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
@@ -172,7 +195,7 @@ class LatentReplay(Method):
             k = temporal_level(self.credits, self.frequencies)
             sizes = [n if i == k else 0 for i in range(len(self.frequencies))]
         else:
-            sizes = chunk_sizes(self.frequencies, n)
+            sizes = chunk_sizes(self.frequencies, n, self.split)
         full = self.targets == "from_a0" or not self.decode_to_level
         with torch.no_grad(), self.flops("replay"):
             z, yr = self.prev_generator.sample_z(n, self.old_classes, self.gen)
@@ -186,6 +209,9 @@ class LatentReplay(Method):
                     start += size
         with self.flops("replay"):
             logits = classify_chunks(self.view, chunks)
+        for k, a in chunks:
+            self.replayed[k] += a.shape[0]
+        self.replay_steps += 1
         with torch.no_grad(), self.flops("teacher"):
             targets = classify_chunks(self.prev_view, bottoms)
         # logits over the classes seen so far, the old ones first (labels are task-ordered)
@@ -239,9 +265,22 @@ class LatentReplay(Method):
         self.ctx.artifacts.save_image(f"samples_task{task_id}.png", img.clamp(0, 1),
                                       nrow=per_class)
 
+    def summary(self) -> dict:
+        """The nominal level frequencies next to the executed ones: samples per level per
+        replay step and their fractions, counted from what the steps replayed."""
+        total, steps = sum(self.replayed), max(self.replay_steps, 1)
+        return {**super().summary(),
+                "replay_frequencies_nominal": list(self.frequencies),
+                "replay_samples_per_step": [c / steps for c in self.replayed],
+                "replay_frequencies_effective": [c / total if total else 0.0
+                                                 for c in self.replayed],
+                "replay_samples_per_level": list(self.replayed),
+                "replay_steps": self.replay_steps}
+
     def state_dict(self) -> dict:
         state = super().state_dict()
         state.update(task_count=self.task_count, credits=self.credits.clone(),
+                     replayed=list(self.replayed), replay_steps=self.replay_steps,
                      sample_rng=self.gen.get_state(),
                      prev_model=self.prev_model.state_dict() if self.prev_model else None,
                      prev_generator=(self.prev_generator.state_dict()
@@ -251,6 +290,8 @@ class LatentReplay(Method):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.task_count, self.credits = state["task_count"], state["credits"].clone()
+        self.replayed = list(state.get("replayed", [0] * self.view.n_levels))
+        self.replay_steps = state.get("replay_steps", 0)
         self.gen.set_state(state["sample_rng"])
         if state["prev_model"] is not None:
             self.snapshot()

@@ -30,14 +30,16 @@ class LevelVAE(nn.Module):
     class (`per_class_prior`, BI-R's conditional replay; means and log-variances
     initialised N(0, 1) as in BI-R) or N(0, I) with unconditional sampling (DGR).
     `gate_prop` > 0 multiplies the decoder's hidden units by a fixed random per-class
-    binary mask (BI-R's gating based on internal context).
+    binary mask (BI-R's gating based on internal context). `extra_layer` gives the shape
+    of the PLR authors' VAE: one more encoder layer of a_{L-1}'s width, and `fromZ` maps z
+    to a hidden layer h of that width that is no level, then a layer h -> a_{L-1}.
     """
 
     def __init__(self, dims: list[int], n_classes: int, z_dim: int = 100,
                  per_class_prior: bool = True, gate_prop: float = 0.0, seed: int = 0,
                  recon_levels: list[int] | None = None, recon_loss: str = "mse",
                  pixel_affine: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 kl_divisor: float | None = None):
+                 kl_divisor: float | None = None, extra_layer: bool = False):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"method.recon_loss={recon_loss!r}: choose one of "
@@ -52,12 +54,13 @@ class LevelVAE(nn.Module):
         self.recon_loss = recon_loss
         self.kl_divisor = float(kl_divisor or dims[0])
         enc, width = [], dims[0]
-        for h in dims[1:]:
+        for h in dims[1:] + dims[-1:] * extra_layer:
             enc += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.encoder = nn.Sequential(*enc)
         self.to_z = nn.Linear(width, 2 * z_dim)
         self.from_z = nn.Linear(z_dim, dims[-1])
+        self.extra = nn.Linear(dims[-1], dims[-1]) if extra_layer else None  # h -> a_{L-1}
         # decoder[j] maps level L-1-j to level L-2-j
         self.decoder = nn.ModuleList(nn.Linear(dims[i], dims[i - 1])
                                      for i in range(len(dims) - 1, 0, -1))
@@ -69,12 +72,15 @@ class LevelVAE(nn.Module):
         for i, units in enumerate(dims[:0:-1]):  # hidden decoder outputs: a_{L-1} .. a_1
             mask = (torch.rand(n_classes, units, generator=gen) >= gate_prop).float()
             self.register_buffer(f"gate{i}", mask)
+        if extra_layer:  # drawn after the others: without it the masks stay as they were
+            mask = (torch.rand(n_classes, dims[-1], generator=gen) >= gate_prop).float()
+            self.register_buffer("gate_extra", mask)
         a, b = pixel_affine if pixel_affine is not None else (torch.ones(0), torch.zeros(0))
         self.register_buffer("pixel_scale", a.reshape(-1).float().clone())
         self.register_buffer("pixel_shift", b.reshape(-1).float().clone())
 
     # -- decoding --------------------------------------------------------------------------
-    def _gate(self, h: torch.Tensor, i: int, y: torch.Tensor | None) -> torch.Tensor:
+    def _gate(self, h: torch.Tensor, i: int | str, y: torch.Tensor | None) -> torch.Tensor:
         if self.gate_prop <= 0 or y is None:
             return h
         return h * getattr(self, f"gate{i}")[y]
@@ -87,6 +93,8 @@ class LevelVAE(nn.Module):
         top = len(self.dims) - 1
         out: list[torch.Tensor | None] = [None] * len(self.dims)
         h = self.from_z(z)
+        if self.extra is not None:
+            h = self.extra(self._gate(F.relu(h), "_extra", y))
         out[top] = h = self._gate(F.relu(h), 0, y) if top > 0 else h
         for j, layer in enumerate(self.decoder):
             level = top - 1 - j
