@@ -48,7 +48,8 @@ PROTOCOLS = {
                for m in ("finetune", "joint", "internal_replay")},
             **{f"plr_{r}": ["benchmark=split_cifar100", "method=plr", f"method.rule={r}"]
                for r in RULES},
-            # plr runs the PLR authors' 1024-1000-1000-1000-100 (experiment/split_cifar100_mlp_plr): finetuning
+            # plr runs the PLR authors' 1024-1000-1000-1000-100
+            # (experiment/split_cifar100_mlp_plr): finetuning
             # on it, and their all-at-a_0 control in the same machinery
             "finetune_plr_net": ["benchmark=split_cifar100", "method=finetune",
                                  "model.hidden=[1000,1000,1000]"],

@@ -84,7 +84,8 @@ def test_flagship_runs_the_paper_protocol_from_a_read_only_data_root(shared, env
     # the paper protocol (experiment/split_cifar100_mlp_plr), no preset or path named
     assert cfg.pair == "split_cifar100_mlp_plr" and cfg.protocol == "paper"
     assert cfg.benchmark._target_ == "cl_bench.data.features.feature_stream"
-    # the PLR authors' network (experiment/split_cifar100_mlp_plr): four levels of 1000 under BI-R's budget
+    # the PLR authors' network (experiment/split_cifar100_mlp_plr): four levels of 1000
+    # under BI-R's budget
     assert list(cfg.model.hidden) == [1000, 1000, 1000] and cfg.model.name == "mlp"
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
     assert (cfg.budget.batch_size, cfg.budget.iters, cfg.budget.epochs) == (256, 5000, None)
