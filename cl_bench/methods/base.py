@@ -117,9 +117,10 @@ class Method(metaclass=_BuildAfterInit):
             )
         for plugin in plugins:
             if scenario not in plugin.supported_scenarios:
-                raise ValueError(
-                    f"plugin {type(plugin).__name__} does not support scenario={scenario}; "
-                    f"it supports {list(plugin.supported_scenarios)}"
+                raise ConfigError(
+                    f"method={self.name} cannot take plugin {contract.plugin_name(plugin)} "
+                    f"in scenario={scenario}: the plugin supports "
+                    f"{list(plugin.supported_scenarios)}"
                 )
         missing = self.memory_needs - memory.capabilities
         if missing or (self.memory_needs and memory.size == 0):
@@ -154,10 +155,13 @@ class Method(metaclass=_BuildAfterInit):
     def _build(self) -> None:
         contract.check_pairs(self)
         for plugin in self.plugins:
-            plugin.setup(self)
+            with contract.naming(self, plugin):
+                plugin.setup(self)
         for plugin in self.plugins:
-            self.model = plugin.wrap_model(self.model)
-        self.model = self.wrap_model(self.model)
+            with contract.naming(self, plugin):
+                self.model = plugin.wrap_model(self.model)
+        with contract.naming(self, *self.plugins):
+            self.model = self.wrap_model(self.model)
         self.optimizer = self.make_optimizer(self.trainable_parameters())
         self.aux_optimizers = {name: make(module.parameters())
                                for name, (module, make) in self._auxiliary.items() if make}

@@ -159,6 +159,7 @@ class RankUpdate(Plugin):
     needs = frozenset({"plain_model", "base_prediction"})
     nearest = "method=rank_update (finetune with plugin rank_update)"
     predict_needs_task_ids = True
+    removes = frozenset({"steady_parameters"})  # each task trains its own parameters
 
     supported_scenarios = ("task_il",)
 
