@@ -165,12 +165,13 @@ def run_pair(method_name: str, plugin_name: str, base_cfg, tmp_path) -> tuple[st
     with open_dict(cfg):
         for key, node in nodes.items():
             cfg.plugins[key] = node
-        # task-IL where the method or the plugin supports only that and both support it
+        # task-IL where the method, or else the plugin, supports only that
         parts = [get_class(cfg.method._target_), *(get_class(n["_target_"])
                                                     for n in nodes.values())]
-        if any("class_il" not in part.supported_scenarios for part in parts) and \
-                all("task_il" in part.supported_scenarios for part in parts):
-            cfg.scenario = "task_il"
+        if "class_il" not in parts[0].supported_scenarios or (
+                any("class_il" not in part.supported_scenarios for part in parts)
+                and "task_il" in parts[0].supported_scenarios):
+            cfg.scenario = "task_il"  # the method's scenario wins: the plugin is refused
         for node in cfg.plugins.values():  # importance estimates on a few samples: fast
             for key in ("fisher_samples", "samples"):
                 if key in node:

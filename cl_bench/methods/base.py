@@ -162,6 +162,9 @@ class Method(metaclass=_BuildAfterInit):
                 self.model = plugin.wrap_model(self.model)
         with contract.naming(self, *self.plugins):
             self.model = self.wrap_model(self.model)
+        for plugin in self.plugins:
+            with contract.naming(self, plugin):
+                plugin.check_model(self.model)
         self.optimizer = self.make_optimizer(self.trainable_parameters())
         self.aux_optimizers = {name: make(module.parameters())
                                for name, (module, make) in self._auxiliary.items() if make}

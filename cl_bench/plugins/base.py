@@ -60,6 +60,9 @@ class Plugin:
         """Model surgery, before the optimiser is built and the FLOP counter attaches."""
         return model
 
+    def check_model(self, model: nn.Module) -> None:
+        """Fails (ValueError) on a model it cannot work with, after all model surgery."""
+
     def before_task(self, task: Task) -> None:
         pass
 

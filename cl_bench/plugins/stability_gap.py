@@ -48,9 +48,8 @@ class ClassMeanInit(Plugin):
 
     needs = frozenset({"class_logits"})
 
-    def setup(self, method):
-        super().setup(method)
-        check_head("class_mean_init", method.model)
+    def check_model(self, model):
+        check_head("class_mean_init", model)
 
     @torch.no_grad()
     def before_task(self, task):
@@ -87,10 +86,12 @@ class FreezeOldRows(Plugin):
 
     def setup(self, method):
         super().setup(method)
-        check_head("freeze_old_rows", method.model)
         if method.scenario == "domain_il":
             raise ValueError("plugin=freeze_old_rows needs tasks with their own classes; "
                              "in domain-IL every task shares the output rows")
+
+    def check_model(self, model):
+        check_head("freeze_old_rows", model)
 
     def before_task(self, task):
         method = self.method
@@ -215,9 +216,11 @@ class NMCHead(Plugin):
 
     def setup(self, method):
         super().setup(method)
-        check_head("nmc", method.model)
         if self.bank_size is None:
             self.bank_size = max(method.memory.size, 500)
+
+    def check_model(self, model):
+        check_head("nmc", model)
 
     def before_task(self, task):
         pick = torch.randperm(len(task.train_y), device=task.train_y.device)[: self.bank_size]
