@@ -16,7 +16,8 @@ What a method provides to plugins (`Method.provides`, plus two read off its clas
                     (importance-weighted regularisers key their state by it).
 What a plugin needs of its method is `Plugin.needs` (a subset of the above), of the other
 plugins `Plugin.needs_plugins` (names listed before it), and of the run `needs` with
-`planned_steps` (the task's planned number of steps, which `budget.match` does not fix). A
+`planned_steps` (the task's planned number of steps, which `budget.match` does not fix) or
+`fixed_steps` (it trains outside its steps, so `budget.match` cannot size its tasks). A
 plugin may take a provision away for the others (`Plugin.removes`), and at most one plugin
 does model surgery (`wrap_model`), replaces the prediction or the classification loss.
 """
@@ -199,3 +200,7 @@ def check_planned_steps(method, planned: bool, why: str) -> None:
                 f"{part} schedules by the task's planned steps, and {why} plans none (each "
                 "task runs until the reference's FLOPs): set budget.epochs or budget.iters "
                 "instead, or choose a method that does not schedule within a task")
+        if "fixed_steps" in needs:
+            raise ConfigError(
+                f"{part} trains outside its steps (their FLOPs cannot reach a reference's), "
+                f"so {why} cannot size its tasks: set budget.epochs or budget.iters instead")

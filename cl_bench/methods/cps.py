@@ -59,6 +59,7 @@ class CPS(TaskAware):
     Biases train with the first task only (the authors' code prunes them too; we do not)."""
 
     supported_scenarios = ("class_il", "task_il")
+    needs = frozenset({"planned_steps"})
 
     def __init__(self, alpha: float = 0.9, iters: int = 1, retrain: float = 0.3,
                  prune_samples: int = 1000, select: str = "max_output",
