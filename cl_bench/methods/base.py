@@ -46,8 +46,8 @@ class Method(metaclass=_BuildAfterInit):
     and the optimisation step.
 
     The runner calls only the entry points, which no subclass may override (checked when
-    the class is defined): `begin_task`, `observe`, `end_task`, `skip_task`, `predict`,
-    `reveal_task_ids`, `see_labels`, and the helper `cross_entropy`. Each runs the
+    the class is defined): `begin_task`, `plan_task`, `observe`, `end_task`, `skip_task`,
+    `predict`, `reveal_task_ids`, `see_labels`, and the helper `cross_entropy`. Each runs the
     method's phase and the plugins' in the order of the README's "Composition contract".
 
     Phases a method overrides (each optional):
@@ -88,13 +88,13 @@ class Method(metaclass=_BuildAfterInit):
     needs: frozenset[str] = frozenset()  # of the run: `planned_steps` (cl_bench.contract)
     steps_per_batch = 1  # optimisation steps per training batch
     inner_flops = "inner"  # FLOP component of a batch's steps after its first
+    # constructor arguments that trade plasticity for stability (`clbench-tune` decays
+    # them; config keys `method.<knob>`)
+    stability_knobs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         contract.check_final(cls, Method, contract.METHOD_ENTRY_POINTS)
-    # constructor arguments that trade plasticity for stability (`clbench-tune` decays
-    # them; config keys `method.<knob>`)
-    stability_knobs: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ class GDumb(Method):
     memory_needs = frozenset({"add"})
     memory_hint = "choose memory=class_balanced (GDumb's sampler)"
     needs = frozenset({"fixed_steps"})  # it trains at the task's end, not in its steps
+    provides = Method.provides - {"step_logits"}  # its stream steps run no forward
 
     def __init__(self, epochs: int = 30, batch_size: int = 32, **kw):
         super().__init__(**kw)
