@@ -31,7 +31,7 @@ SMALL = ["budget.batch_size=8", "budget.iters=3", "eval.every=0", "model.hidden=
          "memory.size=40"]
 # a plugin preset that needs another one is composed with it, in the order it needs
 WITH = {"gradient_mask": ["sparsity", "gradient_mask"]}
-STEPS = 3
+STEPS = 2
 
 
 def method_config(method: str, *extra: str):
@@ -44,13 +44,23 @@ def method_config(method: str, *extra: str):
     parts = [cfg.method._target_, *(node._target_ for node in cfg.plugins.values())]
     if any("class_il" not in get_class(t).supported_scenarios for t in parts):
         cfg = compose_config([*overrides, "scenario=task_il"])
+    fast_importance(cfg.plugins)
     return cfg
+
+
+def fast_importance(plugins) -> None:
+    """Importance estimates (Fisher, MAS) on 16 samples instead of the whole task."""
+    for node in plugins.values():
+        for key in ("fisher_samples", "samples"):
+            if key in node:
+                node[key] = 16
 
 
 @functools.cache
 def plugin_nodes(plugin: str) -> dict:
     names = WITH.get(plugin, [plugin])
     cfg = compose_config([f"plugin=[{','.join(names)}]", "budget.iters=3"])
+    fast_importance(cfg.plugins)
     return {n: OmegaConf.to_container(cfg.plugins[n], resolve=True) for n in names}
 
 
@@ -165,30 +175,29 @@ def effect(name: str, plugin: Plugin, method, record: dict, outs: list[dict],
 
 def run_pair(method_name: str, plugin_name: str, base_cfg, tmp_path) -> tuple[str, str]:
     """('run', '') with the effect seen, ('refused', message), or ('silent', why)."""
-    cfg = copy.deepcopy(base_cfg)
-    nodes = plugin_nodes(plugin_name)
-    with open_dict(cfg):
-        for key, node in nodes.items():
-            cfg.plugins[key] = node
-        # task-IL where the method, or else the plugin, supports only that
-        own = [get_class(cfg.method._target_), *(get_class(n._target_)
-                                                  for n in base_cfg.plugins.values())]
-        added = [get_class(n["_target_"]) for n in nodes.values()]
-        if any("class_il" not in part.supported_scenarios for part in own) or (
-                any("class_il" not in part.supported_scenarios for part in added)
-                and all("task_il" in part.supported_scenarios for part in own)):
-            cfg.scenario = "task_il"  # the preset's scenario wins: the plugin is refused
-        for node in cfg.plugins.values():  # importance estimates on a few samples: fast
-            for key in ("fisher_samples", "samples"):
-                if key in node:
-                    node[key] = 16
-    torch.manual_seed(0)
+    cfg, nodes = base_cfg, plugin_nodes(plugin_name)
+    saved = copy.deepcopy(cfg.plugins), cfg.scenario  # small: the plugins only
+    own = [get_class(cfg.method._target_), *(get_class(n._target_)
+                                              for n in cfg.plugins.values())]
+    added = [get_class(n["_target_"]) for n in nodes.values()]
     try:
+        with open_dict(cfg):  # the pair's config in place (a copy per pair is slow)
+            for key, node in nodes.items():
+                cfg.plugins[key] = node
+            # task-IL where the preset, or else the plugin, supports only that
+            if any("class_il" not in part.supported_scenarios for part in own) or (
+                    any("class_il" not in part.supported_scenarios for part in added)
+                    and all("task_il" in part.supported_scenarios for part in own)):
+                cfg.scenario = "task_il"  # the preset's scenario wins: the plugin is refused
+        torch.manual_seed(0)
         parts = build_parts(cfg, tmp_path, stream=digits())
     except Exception as err:
         if not isinstance(user_error(err), ConfigError):
             raise
         return "refused", str(user_error(err))
+    finally:
+        with open_dict(cfg):
+            cfg.plugins, cfg.scenario = saved
     method = parts.method
     plugin = next(p for p in method.plugins if p.name == plugin_name)
     record, heads = {}, {}
