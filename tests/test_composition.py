@@ -333,3 +333,18 @@ def test_a_planned_steps_reader_fails_clearly_when_none_are_planned():
     ctx.task_steps = None
     with pytest.raises(ConfigError, match="method=hat schedules by the task's planned steps"):
         ctx.planned_steps()
+
+
+@pytest.mark.parametrize("plugins, message", [
+    ("[gradient_mask]", "gradient_mask needs plugin sparsity listed before it"),
+    ("[ewc,rank_update]", "ewc needs the same trainable parameters in every task, and plugin "
+                          "rank_update takes that away"),
+    ("[lora,sparsity]", "plugins lora and sparsity both replace the model's layers"),
+])
+def test_plugins_that_exclude_each_other_are_refused_naming_both(tmp_path, plugins, message):
+    cfg = compose_config([f"data.root={data_root()}", f"plugin={plugins}",
+                          "scenario=task_il", *SMALL])
+    with pytest.raises(Exception) as raised:
+        build_parts(cfg, tmp_path, stream=digits())
+    assert isinstance(user_error(raised.value), ConfigError)
+    assert message in str(raised.value)
