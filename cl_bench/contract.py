@@ -11,21 +11,29 @@ What a method provides to plugins (`Method.provides`, plus two read off its clas
   `base_prediction` it predicts with its model's output (no `predict_logits` of its own),
                     so a plugin may replace the prediction;
   `plain_model`     it does no model surgery (no `wrap_model` of its own), so a plugin may
-                    replace or mask layers and decide which parameters train.
+                    replace or mask layers and decide which parameters train;
+  `steady_parameters` the set of trainable parameters does not change from task to task
+                    (importance-weighted regularisers key their state by it).
 What a plugin needs of its method is `Plugin.needs` (a subset of the above), of the other
 plugins `Plugin.needs_plugins` (names listed before it), and of the run `needs` with
-`planned_steps` (the task's planned number of steps, which `budget.match` does not fix).
+`planned_steps` (the task's planned number of steps, which `budget.match` does not fix) or
+`fixed_steps` (it trains outside its steps, so `budget.match` cannot size its tasks). A
+plugin may take a provision away for the others (`Plugin.removes`), and at most one plugin
+does model surgery (`wrap_model`), replaces the prediction or the classification loss.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
 from cl_bench.errors import ConfigError
 
 PROVISIONS = ("class_logits", "step_logits", "cross_entropy", "base_prediction",
-              "plain_model")
-METHOD_DEFAULT = frozenset({"class_logits", "step_logits", "cross_entropy"})
+              "plain_model", "steady_parameters")
+METHOD_DEFAULT = frozenset({"class_logits", "step_logits", "cross_entropy",
+                            "steady_parameters"})
 METHOD_ENTRY_POINTS = ("begin_task", "observe", "end_task", "skip_task", "predict",
                        "reveal_task_ids", "see_labels", "cross_entropy", "plan_task")
 WHY = {
@@ -34,6 +42,7 @@ WHY = {
     "cross_entropy": "its loss does not go through Method.cross_entropy",
     "base_prediction": "it predicts with its own rule (predict_logits)",
     "plain_model": "it replaces or masks the model's layers itself (wrap_model)",
+    "steady_parameters": "it changes which parameters train from task to task",
 }
 WANTS = {
     "class_logits": "the model's class logits",
@@ -41,6 +50,7 @@ WANTS = {
     "cross_entropy": "to replace the classification loss",
     "base_prediction": "to replace the prediction",
     "plain_model": "to replace or mask the model's layers and choose what trains",
+    "steady_parameters": "the same trainable parameters in every task",
 }
 
 
@@ -124,11 +134,27 @@ def plugin_name(plugin) -> str:
                    for i, c in enumerate(cls))
 
 
+@contextmanager
+def naming(method, *plugins):
+    """A plugin's (or, after the plugins', the method's) refusal of its setup or model
+    surgery as a ConfigError naming the method and the plugins involved."""
+    try:
+        yield
+    except (ConfigError, ValueError) as err:
+        if not plugins or (f"method={method.name}" in str(err)
+                           and all(plugin_name(p) in str(err) for p in plugins)):
+            raise
+        names = ", ".join(plugin_name(p) for p in plugins)
+        raise ConfigError(f"method={method.name} with plugin {names}: {err}") from err
+
+
 def check_pairs(method) -> None:
     """Fails (before any model surgery) where a plugin needs what its method does not
     provide, a plugin another that is not listed before it, or two plugins replace the
     same thing; one message names both parts, the reason and the nearest working
     choice."""
+    from cl_bench.plugins.base import Plugin
+
     have = provisions(method)
     names = [plugin_name(p) for p in method.plugins]
     for i, plugin in enumerate(method.plugins):
@@ -138,13 +164,20 @@ def check_pairs(method) -> None:
                 f"method={method.name} cannot take plugin {name}: the plugin needs "
                 f"{WANTS[need]}, and {WHY[need]}. Nearest working choice: "
                 f"{plugin.nearest or 'drop plugin ' + name}")
+        for other, taker in zip(names, method.plugins, strict=True):
+            for need in sorted(plugin.needs & taker.removes if taker is not plugin else ()):
+                raise ConfigError(
+                    f"method={method.name} with plugin {name}: {name} needs {WANTS[need]}, "
+                    f"and plugin {other} takes that away ({WHY[need].removeprefix('it ')}); "
+                    f"drop one of them")
         for other in plugin.needs_plugins:
             if other not in names[:i]:
                 raise ConfigError(
                     f"method={method.name} with plugin {name}: {name} needs plugin {other} "
                     f"listed before it: plugin=[{other},{name}]")
     for phase, what in (("predict", "the prediction"),
-                        ("classification_loss", "the classification loss")):
+                        ("classification_loss", "the classification loss"),
+                        ("wrap_model", "the model's layers (model surgery)")):
         replacing = [n for p, n in zip(method.plugins, names, strict=True)
                      if getattr(type(p), phase).__qualname__ != f"Plugin.{phase}"]
         if len(replacing) > 1:
@@ -166,3 +199,7 @@ def check_planned_steps(method, planned: bool, why: str) -> None:
                 f"{part} schedules by the task's planned steps, and {why} plans none (each "
                 "task runs until the reference's FLOPs): set budget.epochs or budget.iters "
                 "instead, or choose a method that does not schedule within a task")
+        if "fixed_steps" in needs:
+            raise ConfigError(
+                f"{part} trains outside its steps (their FLOPs cannot reach a reference's), "
+                f"so {why} cannot size its tasks: set budget.epochs or budget.iters instead")

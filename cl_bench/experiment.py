@@ -140,8 +140,8 @@ class RunState:
     counter: dict = field(default_factory=dict)
     batch_rng: torch.Tensor | None = None
     rng: dict = field(default_factory=dict)
-    # the method's seen/old class masks where batches set them (`Method.see_labels`,
-    # consolidation): replaying the tasks' classes on resume would not rebuild them
+    # the method's seen/old class masks where batches set them (`Method.see_labels`):
+    # replaying the tasks' classes on resume would not rebuild them
     class_masks: dict = field(default_factory=dict)
 
     def save(self, run_dir: Path, parts: Parts, batch_gen: torch.Generator) -> None:

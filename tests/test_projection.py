@@ -232,7 +232,7 @@ def test_rank_update_flops_rules_match_flop_counter_mode():
 
 
 def test_rank_update_is_task_il_only_and_resumes_exactly(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="does not support scenario=class_il"):
+    with pytest.raises(ValueError, match="cannot take plugin rank_update in scenario=class_il"):
         make(stream_of(2), [RankUpdate()], scenario="class_il")
     summary, ref = interrupt_and_resume(
         tmp_path, monkeypatch, Finetune,

@@ -31,7 +31,7 @@ class AGEM(ER):
     def after_backward(self, batch):
         if not len(self.memory):
             return
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         replayed = self.replay(self.replay_batch_size)
         logits = self.forward(replayed.x)
         self.report_ce(replayed, logits)

@@ -46,8 +46,8 @@ class Method(metaclass=_BuildAfterInit):
     and the optimisation step.
 
     The runner calls only the entry points, which no subclass may override (checked when
-    the class is defined): `begin_task`, `observe`, `end_task`, `skip_task`, `predict`,
-    `reveal_task_ids`, `see_labels`, and the helper `cross_entropy`. Each runs the
+    the class is defined): `begin_task`, `plan_task`, `observe`, `end_task`, `skip_task`,
+    `predict`, `reveal_task_ids`, `see_labels`, and the helper `cross_entropy`. Each runs the
     method's phase and the plugins' in the order of the README's "Composition contract".
 
     Phases a method overrides (each optional):
@@ -88,13 +88,13 @@ class Method(metaclass=_BuildAfterInit):
     needs: frozenset[str] = frozenset()  # of the run: `planned_steps` (cl_bench.contract)
     steps_per_batch = 1  # optimisation steps per training batch
     inner_flops = "inner"  # FLOP component of a batch's steps after its first
+    # constructor arguments that trade plasticity for stability (`clbench-tune` decays
+    # them; config keys `method.<knob>`)
+    stability_knobs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         contract.check_final(cls, Method, contract.METHOD_ENTRY_POINTS)
-    # constructor arguments that trade plasticity for stability (`clbench-tune` decays
-    # them; config keys `method.<knob>`)
-    stability_knobs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -117,9 +117,10 @@ class Method(metaclass=_BuildAfterInit):
             )
         for plugin in plugins:
             if scenario not in plugin.supported_scenarios:
-                raise ValueError(
-                    f"plugin {type(plugin).__name__} does not support scenario={scenario}; "
-                    f"it supports {list(plugin.supported_scenarios)}"
+                raise ConfigError(
+                    f"method={self.name} cannot take plugin {contract.plugin_name(plugin)} "
+                    f"in scenario={scenario}: the plugin supports "
+                    f"{list(plugin.supported_scenarios)}"
                 )
         missing = self.memory_needs - memory.capabilities
         if missing or (self.memory_needs and memory.size == 0):
@@ -154,10 +155,16 @@ class Method(metaclass=_BuildAfterInit):
     def _build(self) -> None:
         contract.check_pairs(self)
         for plugin in self.plugins:
-            plugin.setup(self)
+            with contract.naming(self, plugin):
+                plugin.setup(self)
         for plugin in self.plugins:
-            self.model = plugin.wrap_model(self.model)
-        self.model = self.wrap_model(self.model)
+            with contract.naming(self, plugin):
+                self.model = plugin.wrap_model(self.model)
+        with contract.naming(self, *self.plugins):
+            self.model = self.wrap_model(self.model)
+        for plugin in self.plugins:
+            with contract.naming(self, plugin):
+                plugin.check_model(self.model)
         self.optimizer = self.make_optimizer(self.trainable_parameters())
         self.aux_optimizers = {name: make(module.parameters())
                                for name, (module, make) in self._auxiliary.items() if make}

@@ -61,6 +61,7 @@ class CPS(TaskAware):
     Biases train with the first task only (the authors' code prunes them too; we do not)."""
 
     supported_scenarios = ("class_il", "task_il")
+    needs = frozenset({"planned_steps"})
 
     def __init__(self, alpha: float, iters: int, retrain: float,
                  prune_samples: int, select: str,

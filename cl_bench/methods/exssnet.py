@@ -60,6 +60,8 @@ class ExSSNeT(SupermaskMethod):
         self.knn_k, self.knn_samples = knn_k, knn_samples
         if mask_fraction < 1:  # the weight phase starts at a share of the planned steps
             self.needs = frozenset({"planned_steps"})
+            # the scores train, then the weights: the trainable set changes within a task
+            self.provides = self.provides - {"steady_parameters"}
         self.task_scores: dict[int, list[torch.Tensor]] = {}
         self.kkt_choice: list[int] = []
         self.kkt_acc: list[list[float]] = []

@@ -27,6 +27,8 @@ class GDumb(Method):
 
     memory_needs = frozenset({"add"})
     memory_hint = "choose memory=class_balanced (GDumb's sampler)"
+    needs = frozenset({"fixed_steps"})  # it trains at the task's end, not in its steps
+    provides = Method.provides - {"step_logits"}  # its stream steps run no forward
 
     def __init__(self, epochs: int, batch_size: int, **kw):
         super().__init__(**kw)

@@ -181,6 +181,7 @@ class LatentReplay(Method):
         w = 1.0 / self.task_count
         with self.flops("current"):
             acts, logits = self.view.levels(self.preprocess(batch.x, train=True))
+            self.ctx.record_logits(logits)  # the step's logits of the batch, for plugins
             if self.scenario == "class_il":
                 logits = logits.masked_fill(~self.active, float("-inf"))
             loss = self.cross_entropy(logits, batch.y, batch.task)

@@ -272,6 +272,7 @@ class MMKDDA(ER):
         again = dict(step)
         again["logits"], again["feats"] = self._forward(lambda: self.model(step["inputs"]),
                                                         distil)
+        self.ctx.record_logits(again["logits"])  # the joined batch starts with the current one
         if "mixed" in step:
             again["mixed_logits"], again["mixed_feats"] = self._forward(
                 lambda: self.model(step["mixed"]), distil)

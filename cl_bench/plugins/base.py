@@ -48,6 +48,7 @@ class Plugin:
     active_version = 0
     needs: frozenset[str] = frozenset()
     needs_plugins: tuple[str, ...] = ()
+    removes: frozenset[str] = frozenset()  # provisions it takes away from the others
     nearest = ""  # the closest working choice, for a refused pair's message
     predict_needs_task_ids = False  # its `predict` wants the task ids in task-IL
     name = ""  # its config name (`plugins.<name>`), set by the runner
@@ -58,6 +59,9 @@ class Plugin:
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Model surgery, before the optimiser is built and the FLOP counter attaches."""
         return model
+
+    def check_model(self, model: nn.Module) -> None:
+        """Fails (ValueError) on a model it cannot work with, after all model surgery."""
 
     def before_task(self, task: Task) -> None:
         pass

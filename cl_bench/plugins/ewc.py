@@ -50,7 +50,7 @@ class EWC(Plugin):
     task / domain / class-IL).
     """
 
-    needs = frozenset({"class_logits"})
+    needs = frozenset({"class_logits", "steady_parameters"})
 
     stability_knobs = ("strength",)
 

@@ -34,16 +34,18 @@ class ForgettingEvents:
         self.warned = False
 
     def record(self, method, batch: Batch) -> None:
-        """Scores the step's training batch from its logits (`method.batch_logits`); a
-        batch without `sample` positions or logits is skipped (once with a warning: a
-        method calling `self.model` directly, like iCaRL, gives no logits, and its samples
-        then all count as never correct)."""
+        """Scores the step's training batch from its logits (`method.batch_logits`, which
+        a method providing `step_logits` always gives); a batch without `sample`
+        positions (one not drawn by the budget) is skipped, once with a warning."""
         logits = method.batch_logits(batch)
-        if logits is None or batch.sample is None:
+        if logits is None:
+            raise RuntimeError(f"method={method.name} declares step_logits but its step gave "
+                               "no logits of the training batch: its first forward of a "
+                               "step must be self.forward (or self.ctx.record_logits)")
+        if batch.sample is None:
             if not self.warned:
-                warnings.warn(f"method={method.name} gave no logits of its training batch "
-                              "(Method.batch_logits); forgetting events are not recorded",
-                              stacklevel=2)
+                warnings.warn("a training batch without sample positions: its forgetting "
+                              "events are not recorded", stacklevel=2)
                 self.warned = True
             return
         correct = correctly_classified(method, batch, logits)

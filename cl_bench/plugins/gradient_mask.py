@@ -59,7 +59,7 @@ class GradientMask(Plugin):
             grad = layer.weight.grad
             if grad is None:
                 continue
-            if refresh:
+            if refresh or i not in self.kept:  # a layer without a gradient at the refresh
                 g = (grad * layer.mask).abs().flatten()
                 kept = torch.zeros_like(layer.mask).flatten()
                 kept[g.topk(round(self.keep * layer.nnz)).indices] = True

@@ -54,7 +54,7 @@ class IMM(Plugin):
     (batch-norm statistics) stay those of theta_t.
     """
 
-    needs = frozenset({"class_logits"})
+    needs = frozenset({"class_logits", "steady_parameters"})
 
     stability_knobs = ("l2_transfer",)
 

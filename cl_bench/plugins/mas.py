@@ -32,7 +32,7 @@ class MAS(Plugin):
     per-sample gradients cancel. None is estimated after the last task.
     """
 
-    needs = frozenset({"class_logits"})
+    needs = frozenset({"class_logits", "steady_parameters"})
 
     stability_knobs = ("strength",)
 

@@ -169,6 +169,7 @@ class RankUpdate(Plugin):
     needs = frozenset({"plain_model", "base_prediction"})
     nearest = "method=rank_update (finetune with plugin rank_update)"
     predict_needs_task_ids = True
+    removes = frozenset({"steady_parameters"})  # each task trains its own parameters
 
     supported_scenarios = ("task_il",)
 

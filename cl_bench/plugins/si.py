@@ -37,6 +37,7 @@ class SI(Plugin):
     """
 
     stability_knobs = ("strength",)
+    needs = frozenset({"steady_parameters"})
 
     def __init__(self, strength: float, xi: float):
         if strength < 0:
@@ -76,6 +77,8 @@ class SI(Plugin):
     def after_task(self, task):
         current = importance.snapshot(self.method.model)
         for name, w in self.path.items():
+            if name not in current:  # no longer trainable (e.g. PackNet's biases)
+                continue
             add = w / ((current[name] - self.anchor[name]).pow(2) + self.xi)
             self.omega[name] = self.omega[name] + add if name in self.omega else add
         self.anchor = current

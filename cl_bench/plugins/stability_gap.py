@@ -33,11 +33,23 @@ from cl_bench.plugins.base import Plugin, PluginConf
 from cl_bench.schemas import defaults_from, schema
 
 
+def check_head(plugin: str, model: nn.Module) -> None:
+    """A model with an `nn.Linear` output layer `head` (one row per class) and `features`
+    (its input), as the class-mean plugins read and write them."""
+    if not isinstance(getattr(model, "head", None), nn.Linear) or \
+            not callable(getattr(model, "features", None)):
+        raise ValueError(f"plugin {plugin} needs a model with an nn.Linear output layer "
+                         f"`head` over `features` (e.g. model=mlp), not {type(model).__name__}")
+
+
 class ClassMeanInit(Plugin):
     """SGM's initialisation of new output rows from class-mean features (Harun & Kanan,
     TMLR 2024)."""
 
     needs = frozenset({"class_logits"})
+
+    def check_model(self, model):
+        check_head("class_mean_init", model)
 
     @torch.no_grad()
     def before_task(self, task):
@@ -77,6 +89,9 @@ class FreezeOldRows(Plugin):
         if method.scenario == "domain_il":
             raise ValueError("plugin=freeze_old_rows needs tasks with their own classes; "
                              "in domain-IL every task shares the output rows")
+
+    def check_model(self, model):
+        check_head("freeze_old_rows", model)
 
     def before_task(self, task):
         method = self.method
@@ -169,7 +184,7 @@ class LoRA(Plugin):
     Hu et al., 2022): every hidden `nn.Linear` (all but `model.head`) becomes a
     `LoRALinear`; the update is merged and reset after each task."""
 
-    needs = frozenset({"plain_model"})
+    needs = frozenset({"plain_model", "class_logits"})
     nearest = "method=sgm, or this method without plugin lora"
 
     def __init__(self, rank: int, alpha: float | None):
@@ -228,6 +243,9 @@ class NMCHead(Plugin):
         super().setup(method)
         if self.bank_size is None:
             self.bank_size = max(method.memory.size, 500)
+
+    def check_model(self, model):
+        check_head("nmc", model)
 
     def before_task(self, task):
         pick = torch.randperm(len(task.train_y), device=task.train_y.device)[: self.bank_size]
