@@ -1,6 +1,6 @@
 """Start checks: a configured value the run would not honour is an error before any work,
 naming the key and what it would need (a stream mode that overrides budget keys, a W&B
-mode W&B rejects, two parts that both mask the model's layers, a method option a phase
+mode W&B rejects, a method option a phase
 ignores, a `budget.match` reference of another stream). `check_run` runs them all."""
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ REFERENCE_FREE = ("benchmark.cache", "benchmark.weights", "benchmark.root",
 def check_run(cfg: DictConfig) -> None:
     check_stream_budget(cfg)
     check_logger(cfg)
-    check_layer_masks(cfg)
     check_method_options(cfg)
     check_reference(cfg)
 
@@ -81,20 +80,6 @@ def _class(node):
         return get_class(node._target_)
     except Exception:  # a bad _target_ fails later with Hydra's own message
         return None
-
-
-def check_layer_masks(cfg: DictConfig) -> None:
-    """A method and a plugin that both replace the model's Linear/Conv2d layers by masked
-    ones (`masks_layers`) cannot be combined: a layer takes one mask."""
-    method = _class(cfg.method)
-    if not getattr(method, "masks_layers", False):
-        return
-    for name, node in cfg.plugins.items():
-        if getattr(_class(node), "masks_layers", False):
-            raise ConfigError(
-                f"method={cfg.method.name} masks every Linear/Conv2d layer with its own "
-                f"masks, and plugin {name} (plugins.{name}) masks them too; a layer takes one "
-                f"mask: drop {name} from plugin=[...] or choose a dense method")
 
 
 def check_method_options(cfg: DictConfig) -> None:

@@ -153,8 +153,6 @@ def check_pairs(method) -> None:
     provide, a plugin another that is not listed before it, or two plugins replace the
     same thing; one message names both parts, the reason and the nearest working
     choice."""
-    from cl_bench.plugins.base import Plugin
-
     have = provisions(method)
     names = [plugin_name(p) for p in method.plugins]
     for i, plugin in enumerate(method.plugins):

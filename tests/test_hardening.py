@@ -329,7 +329,7 @@ def test_a_masking_method_with_the_sparsity_plugin_is_blamed(method, tmp_path, m
                                                              capsys):
     out, _ = refused([f"method={method}", "plugin=[sparsity]", "scenario=task_il", *TINY],
                      tmp_path, monkeypatch, capsys,
-                     says=[f"method={method}", "plugins.sparsity", "drop sparsity"])
+                     says=[f"method={method}", "plugin sparsity", "Nearest working choice"])
     assert "KeyError" not in out and "need a model" not in out
 
 

@@ -71,7 +71,6 @@ class TaskAware(Method):
 
     predict_needs_task_ids = True
     supported_streams = ("task",)
-    masks_layers = True  # replaces Linear/Conv2d by masked views: no masking plugin beside
 
     def __init__(self, **kw):
         super().__init__(**kw)

@@ -45,7 +45,6 @@ class SupermaskMethod(Method):
 
     predict_needs_task_ids = True
     supported_streams = ("task",)
-    masks_layers = True  # every Linear/Conv2d task-masked: no masking plugin beside
     trains_weights = False
     soft = 0.0
 

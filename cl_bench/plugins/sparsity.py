@@ -63,7 +63,6 @@ class Sparsity(Plugin):
 
     needs = frozenset({"plain_model"})
     nearest = "method=sparcl_er (ER with plugin sparsity)"
-    masks_layers = True  # replaces Linear/Conv2d by masked layers (cl_bench.checks)
 
     def __init__(self, density: float, distribution: str,
                  erk_power: float, dense_layers: list[str] | tuple,
