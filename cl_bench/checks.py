@@ -1,7 +1,7 @@
 """Start checks: a configured value the run would not honour is an error before any work,
 naming the key and what it would need (a stream mode that overrides budget keys, a W&B
-mode W&B rejects, a method option a phase
-ignores, a `budget.match` reference of another stream). `check_run` runs them all."""
+mode W&B rejects, a method option a phase ignores, a `budget.match` reference of another
+stream). `check_run` runs them all."""
 
 from __future__ import annotations
 
