@@ -27,7 +27,8 @@ def sweep(tmp_path_factory):
                                   f"data.root={data_root()}"])
             run_experiment(cfg, root / f"{method}_{seed}")
     with pytest.raises(ValueError):
-        run_experiment(compose_config(["scenario=domain_il", "logger.console=false"]),
+        run_experiment(compose_config(["benchmark=permuted_mnist", "benchmark.dataset=digits",
+                                       "scenario=class_il", "logger.console=false"]),
                        root / "broken")
     return root
 

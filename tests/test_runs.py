@@ -85,10 +85,10 @@ def test_flop_cap_stops_each_task(run_job):
 
 
 def test_unsupported_scenario_fails_with_a_clear_message(run_job, tmp_path):
-    with pytest.raises(ValueError, match="scenario=domain_il is not available"):
-        run_job("scenario=domain_il")
+    with pytest.raises(ValueError, match="scenario=class_il is not available"):
+        run_job("benchmark=permuted_mnist", "benchmark.dataset=digits", "scenario=class_il")
     summary = pd.read_csv(tmp_path / "run0" / "summary.csv").iloc[0]
-    assert summary.status == "failed" and "domain_il" in summary.error
+    assert summary.status == "failed" and "class_il" in summary.error
 
 
 @pytest.mark.slow  # heavier end-to-end check: pytest -m slow
