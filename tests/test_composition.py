@@ -154,7 +154,7 @@ def effect(name: str, plugin: Plugin, method, record: dict, outs: list[dict],
     elif name == "sparsity":
         for layer in plugin.layers.values():
             if float(layer.mask.float().mean()) >= 1 or \
-                    float((layer.weight * (1 - layer.mask.float())).abs().sum()) != 0:
+                    float((layer.weight.detach() * (1 - layer.mask.float())).abs().sum()) != 0:
                 return "a masked layer is dense or has weights outside its mask"
     elif name == "gradient_mask":
         if not plugin.kept:
