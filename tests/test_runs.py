@@ -134,3 +134,9 @@ def test_values_that_make_no_sense_fail_naming_the_key(run_job, override, key):
     # (a constructor's ValueError reaches the user inside Hydra's InstantiationException)
     with pytest.raises(Exception, match=key.replace(".", r"\.")):
         run_job(*override.split())
+
+
+@pytest.mark.parametrize("method", ["packnet", "hat"])
+def test_a_task_il_method_refused_in_class_il_names_the_scenario_to_use(run_job, method):
+    with pytest.raises(Exception, match=f"method={method} .*run it with scenario=task_il"):
+        run_job(f"method={method}", "budget.iters=1")

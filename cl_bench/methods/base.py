@@ -111,9 +111,10 @@ class Method(metaclass=_BuildAfterInit):
     ):
         self.name = name or type(self).__name__.lower()
         if scenario not in self.supported_scenarios:
-            raise ValueError(
+            raise ConfigError(
                 f"method={self.name} does not support scenario={scenario}; "
-                f"it supports {list(self.supported_scenarios)}"
+                f"it supports {list(self.supported_scenarios)}: run it with "
+                f"scenario={self.supported_scenarios[0]}"
             )
         for plugin in plugins:
             if scenario not in plugin.supported_scenarios:
