@@ -62,9 +62,12 @@ def build_stream(cfg: DictConfig) -> TaskStream:
     if scenario == "domain_il" and "class_il" in stream.scenarios:  # split -> one shared head
         stream = shared_labels(stream)
     if scenario not in stream.scenarios:
+        per_task = cfg.benchmark.get("labels") == "shared"  # permuted / rotated: 10 shared labels
         raise ValueError(
             f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "
             f"it supports {list(stream.scenarios)}"
+            + (": run it with benchmark.labels=per_task for class_il and task_il (each task "
+               "its own 10 classes)" if per_task else "")
         )
     return stream
 
@@ -147,8 +150,8 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     memory = build_memory(cfg, device, run_dir)
     plugins = build_plugins(cfg, model)
     method = instantiate_part(
-        cfg.method, (), model=model, optimizer=instantiate(cfg.optimizer), memory=memory,
-        preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
+        cfg.method, ("optimizer_preset",), model=model, optimizer=instantiate(cfg.optimizer),
+        memory=memory, preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
         counter=budget.counter, plugins=plugins,
     )
     method.check_stream(required_modes(cfg.stream), cfg.stream.name)

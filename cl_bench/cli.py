@@ -13,16 +13,18 @@ import signal
 import sys
 import textwrap
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_bench.config import pairs, register_schemas
+from cl_bench.config import pairs, register_schemas, tuned_optimizer
 from cl_bench.errors import describe, user_error
 from cl_bench.identity import run_id
 from cl_bench.paths import CONF_DIR  # re-exported: `from cl_bench.cli import CONF_DIR`
@@ -47,27 +49,59 @@ def option_groups(choices=None) -> str:
     return "\n".join(lines)
 
 
-def _if_pair(pair: str, then: str, otherwise: str) -> str:
-    """conf/config.yaml's optimizer choice: `then` when conf/experiment/ has the published
-    protocol `pair` (a preset named <benchmark>_<model>_<method>), else `otherwise`. That
-    preset, chosen by an interpolation in the defaults list, may not switch a group itself
-    (Hydra forbids overrides there)."""
-    return then if pair in pairs() else otherwise
+def _optimizer(pair: str, method: str) -> str:
+    """conf/config.yaml's optimizer choice when the command line names none: `adam` where
+    conf/experiment/ has the published protocol `pair` (a preset named
+    <benchmark>_<model>_<method>; chosen by an interpolation, it may not switch a group
+    itself: Hydra forbids overrides there), else the method preset's
+    `method.optimizer_preset` (the optimizer its values were tuned with), else `sgd`."""
+    if pair in pairs():
+        return "adam"
+    return tuned_optimizer(method) or "sgd"
+
+
+def _scenario_name(scenario) -> str:
+    return str(getattr(scenario, "value", scenario)).rsplit(".", 1)[-1]
 
 
 def _per_scenario(scenario, values):
     """`${clbench_per_scenario:${scenario},{task_il: a, domain_il: b, class_il: c}}`: the
     value a published protocol uses in the run's scenario (e.g. a regularisation strength
     that the three-scenarios papers set per scenario)."""
-    name = str(getattr(scenario, "value", scenario)).rsplit(".", 1)[-1]
+    name = _scenario_name(scenario)
     if name not in values:
         raise ValueError(f"this preset has no value for scenario={name}; it has "
                          f"{sorted(values)}: choose one of those scenarios")
     return values[name]
 
 
-OmegaConf.register_new_resolver("clbench_if_pair", _if_pair, replace=True)
+def _per_benchmark(benchmark, scenario, values):
+    """`${clbench_per_benchmark:${benchmark.name},${scenario},{permuted_mnist: 100, other:
+    {task_il: a, domain_il: b, class_il: c}}}`: a method preset's value on the run's
+    benchmark (`other`: any benchmark not named), itself a number or one per scenario."""
+    value = values[benchmark] if benchmark in values else values.get("other")
+    if value is None:
+        raise ValueError(f"this preset has no value for benchmark={benchmark}; it has "
+                         f"{sorted(values)}: choose one of those benchmarks")
+    return _per_scenario(scenario, value) if isinstance(value, Mapping | DictConfig) else value
+
+
+def _three_scenarios_order(seed: int, n_classes: int) -> list[int]:
+    """`benchmark.class_order=${clbench_three_scenarios_order:${seed},10}`: the digits-to-tasks
+    assignment van de Ven's code (GMvandeVen/continual-learning, data/load.py) makes for
+    `seed`, for runs paired with it seed by seed: seed 0 keeps the labels in order, any other
+    relabels y -> p[y] with p the first np.random.permutation after np.random.seed(seed), so
+    the class at position i of the order is argsort(p)[i]."""
+    if int(seed) == 0:
+        return list(range(int(n_classes)))
+    return np.argsort(np.random.RandomState(int(seed)).permutation(int(n_classes))).tolist()
+
+
+OmegaConf.register_new_resolver("clbench_optimizer", _optimizer, replace=True)
+OmegaConf.register_new_resolver("clbench_three_scenarios_order", _three_scenarios_order,
+                                replace=True)
 OmegaConf.register_new_resolver("clbench_per_scenario", _per_scenario, replace=True)
+OmegaConf.register_new_resolver("clbench_per_benchmark", _per_benchmark, replace=True)
 OmegaConf.register_new_resolver("clbench_uid", lambda: _INVOCATION_UID[0], replace=True)
 OmegaConf.register_new_resolver("clbench_run_id", lambda *, _root_: run_id(_root_), replace=True)
 OmegaConf.register_new_resolver(

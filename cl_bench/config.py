@@ -121,6 +121,15 @@ def pairs() -> list[str]:
                   if "\npair: " in p.read_text())
 
 
+def tuned_optimizer(method: str) -> str | None:
+    """The optimizer preset (conf/optimizer/) that conf/method/<method>.yaml says its values
+    were tuned with (`method.optimizer_preset`), or None."""
+    path = Path(CONF_DIR, "method", f"{method}.yaml")
+    if not path.is_file():
+        return None
+    return (OmegaConf.load(path).get("method") or {}).get("optimizer_preset")
+
+
 # packages whose modules define schemas next to their classes (`@schema(group, name)`)
 SCHEMA_PACKAGES = ("cl_bench.data", "cl_bench.models", "cl_bench.methods", "cl_bench.memory",
                    "cl_bench.plugins", "cl_bench.budget")

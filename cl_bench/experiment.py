@@ -57,6 +57,17 @@ log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's
 log.addHandler(logging.NullHandler())
 
 
+
+def tuned_with(cfg: DictConfig) -> str:
+    """", or use optimizer=<preset>" when the run's optimizer is not the one its method
+    preset's values were tuned with (`method.optimizer_preset`), else ""."""
+    preset = cfg.method.get("optimizer_preset")
+    used = str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1].lower()
+    if preset is None or used == preset:
+        return ""
+    return (f", or use optimizer={preset}: method={cfg.method.name}'s values were tuned "
+            f"with it, not with {used}")
+
 class RunInterrupted(KeyboardInterrupt):
     """Raised (with the signal's name) for SIGINT or SIGTERM so the run is recorded as
     interrupted."""
@@ -408,7 +419,8 @@ class Run:
             first = self.state.step - n + 1
             raise FloatingPointError(
                 f"the training loss became {means['loss']} in steps {first}-{self.state.step} "
-                f"(task {task_id}); the run has diverged: lower optimizer.lr")
+                f"(task {task_id}); the run has diverged: lower optimizer.lr"
+                f"{tuned_with(self.cfg)}")
         self.console.advance(n, means["loss"])
         self._log("log_train_rows", [{
             "step": self.state.step, "train_task": task_id, "loss": means.pop("loss"),

@@ -29,6 +29,9 @@ from cl_bench.schemas import schema
 class MethodConf:
     _target_: str = "???"
     name: str = "???"
+    # the optimizer preset (conf/optimizer/) the preset's values were tuned with; the
+    # defaults choose it when the command line names no optimizer= (read by the runner)
+    optimizer_preset: str | None = None
 
 
 class _BuildAfterInit(type):
@@ -121,7 +124,8 @@ class Method(metaclass=_BuildAfterInit):
                 raise ConfigError(
                     f"method={self.name} cannot take plugin {contract.plugin_name(plugin)} "
                     f"in scenario={scenario}: the plugin supports "
-                    f"{list(plugin.supported_scenarios)}"
+                    f"{list(plugin.supported_scenarios)}: run it with "
+                    f"scenario={plugin.supported_scenarios[0]}"
                 )
         missing = self.memory_needs - memory.capabilities
         if missing or (self.memory_needs and memory.size == 0):

@@ -25,7 +25,9 @@ class Prompted(nn.Module):
     def __init__(self, vit: nn.Module):
         super().__init__()
         if not all(hasattr(vit, a) for a in ("tokens", "encode", "blocks", "head")):
-            raise ConfigError(f"prompt methods need model=vit, got {type(vit).__name__}")
+            raise ConfigError(f"prompt methods need a ViT that takes prompts, got model "
+                              f"{type(vit).__name__}: run them with model=vit (README "
+                              f"\"Pretrained backbones\")")
         self.vit = vit.requires_grad_(False)
         vit.head.requires_grad_(True)
         self.chosen: torch.Tensor | None = None  # prompt (or task) ids of the last batch
