@@ -79,10 +79,11 @@ def _per_benchmark(benchmark, scenario, values):
     """`${clbench_per_benchmark:${benchmark.name},${scenario},{permuted_mnist: 100, other:
     {task_il: a, domain_il: b, class_il: c}}}`: a method preset's value on the run's
     benchmark (`other`: any benchmark not named), itself a number or one per scenario."""
-    value = values[benchmark] if benchmark in values else values.get("other")
-    if value is None:
+    key = benchmark if benchmark in values else "other"
+    if key not in values:
         raise ValueError(f"this preset has no value for benchmark={benchmark}; it has "
                          f"{sorted(values)}: choose one of those benchmarks")
+    value = values[key]
     return _per_scenario(scenario, value) if isinstance(value, Mapping | DictConfig) else value
 
 
