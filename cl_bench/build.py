@@ -150,7 +150,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     memory = build_memory(cfg, device, run_dir)
     plugins = build_plugins(cfg, model)
     method = instantiate_part(
-        cfg.method, ("optimizer_preset",), model=model, optimizer=instantiate(cfg.optimizer),
+        cfg.method, (), model=model, optimizer=instantiate(cfg.optimizer),
         memory=memory, preprocess=preprocess, class_mask=class_mask, scenario=scenario_of(cfg),
         counter=budget.counter, plugins=plugins,
     )

@@ -53,8 +53,8 @@ def _optimizer(pair: str, method: str) -> str:
     """conf/config.yaml's optimizer choice when the command line names none: `adam` where
     conf/experiment/ has the published protocol `pair` (a preset named
     <benchmark>_<model>_<method>; chosen by an interpolation, it may not switch a group
-    itself: Hydra forbids overrides there), else the method preset's
-    `method.optimizer_preset` (the optimizer its values were tuned with), else `sgd`."""
+    itself: Hydra forbids overrides there), else the method preset's `tuned_optimizer`
+    (the optimizer its values were tuned with), else `sgd`."""
     if pair in pairs():
         return "adam"
     return tuned_optimizer(method) or "sgd"

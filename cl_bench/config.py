@@ -112,6 +112,9 @@ class ClbenchConf:
     threads: int | None = None  # torch's intra-op threads; null: torch's choice (summary: threads)
     protocol: str = "paper"  # paper | cpu: the size of the published protocols
     pair: str | None = None  # the published protocol applied (set by its preset)
+    # the optimizer preset (conf/optimizer/) the method preset's values were tuned with, set
+    # by the preset; the defaults choose it when the command line names no optimizer=
+    tuned_optimizer: str | None = None
 
 
 def pairs() -> list[str]:
@@ -123,11 +126,9 @@ def pairs() -> list[str]:
 
 def tuned_optimizer(method: str) -> str | None:
     """The optimizer preset (conf/optimizer/) that conf/method/<method>.yaml says its values
-    were tuned with (`method.optimizer_preset`), or None."""
+    were tuned with (its `tuned_optimizer`), or None."""
     path = Path(CONF_DIR, "method", f"{method}.yaml")
-    if not path.is_file():
-        return None
-    return (OmegaConf.load(path).get("method") or {}).get("optimizer_preset")
+    return OmegaConf.load(path).get("tuned_optimizer") if path.is_file() else None
 
 
 # packages whose modules define schemas next to their classes (`@schema(group, name)`)

@@ -60,8 +60,8 @@ log.addHandler(logging.NullHandler())
 
 def tuned_with(cfg: DictConfig) -> str:
     """", or use optimizer=<preset>" when the run's optimizer is not the one its method
-    preset's values were tuned with (`method.optimizer_preset`), else ""."""
-    preset = cfg.method.get("optimizer_preset")
+    preset's values were tuned with (`tuned_optimizer`), else ""."""
+    preset = cfg.get("tuned_optimizer")
     used = str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1].lower()
     if preset is None or used == preset:
         return ""

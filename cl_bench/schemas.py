@@ -40,7 +40,7 @@ class Scenario(Enum):
 
 
 # schema keys that are not constructor arguments: Hydra's and the runner's
-NOT_ARGUMENTS = frozenset({"_target_", "_partial_", "name", "optimizer_preset"})
+NOT_ARGUMENTS = frozenset({"_target_", "_partial_", "name"})
 
 
 def schema_defaults(conf: type, skip: tuple[str, ...] = ()) -> dict:

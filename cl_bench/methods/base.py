@@ -29,9 +29,6 @@ from cl_bench.schemas import schema
 class MethodConf:
     _target_: str = "???"
     name: str = "???"
-    # the optimizer preset (conf/optimizer/) the preset's values were tuned with; the
-    # defaults choose it when the command line names no optimizer= (read by the runner)
-    optimizer_preset: str | None = None
 
 
 class _BuildAfterInit(type):
