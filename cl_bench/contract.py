@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from cl_bench.errors import ConfigError
+from cl_bench.schemas import SCHEMAS
 
 PROVISIONS = ("class_logits", "step_logits", "cross_entropy", "base_prediction",
               "plain_model", "steady_parameters")
@@ -124,11 +125,16 @@ def provisions(method) -> set[str]:
 
 
 def plugin_name(plugin) -> str:
-    """The plugin's config name (`plugins.<name>`, set by the runner), else its class
-    name in snake case."""
+    """The plugin's config name (`plugins.<name>`, set by the runner), else the name its
+    schema is registered under (a plugin built in Python), else its class name in snake
+    case."""
     name = getattr(plugin, "name", None)
     if name:
         return name
+    conf = getattr(type(plugin), "schema", None)
+    registered = [n for (group, n), c in SCHEMAS.items() if group == "plugin" and c is conf]
+    if registered:
+        return registered[0]
     cls = type(plugin).__name__
     return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower()
                    for i, c in enumerate(cls))

@@ -30,7 +30,7 @@ MODEL["twf"] = ["model=resnet18_reduced", "model.nf=4"]
 SMALL = ["budget.batch_size=8", "budget.iters=3", "eval.every=0", "model.hidden=[32]",
          "memory.size=40"]
 # a plugin preset that needs another one is composed with it, in the order it needs
-WITH = {"gradient_mask": ["sparsity", "gradient_mask"]}
+WITH = {"gradient_mask": ["sparsity", "gradient_mask"], "ebll": ["lwf", "ebll"]}
 STEPS = 2
 
 
@@ -120,7 +120,7 @@ def run_tasks(method, stream, n_tasks=2, each=None, record=None) -> list[dict]:
 def effect(name: str, plugin: Plugin, method, record: dict, outs: list[dict],
            heads: dict, x, t) -> str | None:
     """Why the plugin's effect is not seen in this run (None: it is)."""
-    if name in ("ewc", "si", "mas", "l2_pull", "imm", "lwf", "plwf"):
+    if name in ("ewc", "si", "mas", "l2_pull", "imm", "lwf", "plwf", "ebll"):
         for out in (o for o in outs if o["task"] == 1):  # every step of the second task
             mine = out["plugin_terms"]
             terms = out.get("terms", {"": out["loss"]})  # one term: the loss itself
