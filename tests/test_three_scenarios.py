@@ -104,3 +104,16 @@ def test_permuted_preset_is_the_published_protocol():
     # a method without 2019 values keeps its preset
     assert compose_config(["experiment=three_scenarios_permuted",
                            "method=mas"]).plugins.mas == compose_config(["method=mas"]).plugins.mas
+
+
+def test_reference_class_order_per_seed():
+    """van de Ven's code relabels y -> p[y], p = np.random.permutation(10) right after
+    np.random.seed(seed) (seed 0: no shuffle); seed 2 draws p = [4, 1, 5, 0, 7, 2, 3, 6, 9, 8],
+    so task 1 holds the digits p maps to 0 and 1: 3 and 1."""
+    def order(seed):
+        return list(compose_config([
+            "experiment=three_scenarios_split", f"seed={seed}", "benchmark.shuffle_classes=false",
+            "benchmark.class_order='${clbench_three_scenarios_order:${seed},10}'",
+        ]).benchmark.class_order)
+    assert order(0) == list(range(10))
+    assert order(2) == [3, 1, 5, 6, 0, 2, 7, 4, 9, 8]
