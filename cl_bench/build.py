@@ -124,6 +124,21 @@ def build_plugins(cfg: DictConfig, model: nn.Module) -> list[Plugin]:
     return plugins
 
 
+def check_method_scenario(cfg: DictConfig, stream: TaskStream) -> None:
+    """A method that cannot run in the run's scenario is refused naming a scenario it can,
+    and what the benchmark needs to offer it (permuted MNIST: per-task labels)."""
+    supported = get_class(cfg.method._target_).supported_scenarios
+    scenario = scenario_of(cfg)
+    if scenario in supported:
+        return
+    alt = next((s for s in supported if s in stream.scenarios), supported[0])
+    fix = f"scenario={alt}"
+    if alt not in stream.scenarios and cfg.benchmark.get("labels") == "shared":
+        fix += " benchmark.labels=per_task"
+    raise ConfigError(f"method={cfg.method.name} does not support scenario={scenario}; it "
+                      f"supports {list(supported)}: run it with {fix}")
+
+
 def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None) -> Parts:
     """The stream (unless given: `clbench-tune` builds one per attempt over one stream),
     model (inside the method), memory, plugins, method, budget with its FLOP counter, and
@@ -136,6 +151,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None
     check_stream(cfg.stream)
     device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
     stream = stream if stream is not None else build_stream(cfg)
+    check_method_scenario(cfg, stream)
     stream = blur(stream, cfg.stream.width, cfg.seed)
     preprocess = Preprocess(stream.mean, stream.std, device, cfg.benchmark.augment)
     class_mask = stream.class_mask(device)
