@@ -18,16 +18,20 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.cli import CONF_DIR
-from cl_bench.experiment import run_experiment
+from cl_bench.experiment import Run, run_experiment
 
 
 def run_one(overrides: list[str], run_dir: Path) -> dict:
-    """The run's summary; a run already completed in `run_dir` is read back, not redone."""
+    """The run's summary; a run already completed in `run_dir` is read back, not redone, and
+    one interrupted there after a task's checkpoint resumes from it."""
     done = Path(run_dir) / "summary.json"
-    if done.is_file() and (summary := json.loads(done.read_text())).get("status") == "completed":
+    summary = json.loads(done.read_text()) if done.is_file() else {}
+    if summary.get("status") == "completed":
         return summary
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
+    if (Path(run_dir) / "checkpoint.pt").is_file():
+        return Run(cfg, Path(run_dir), resume=True).execute()
     return run_experiment(cfg, Path(run_dir))
 
 
