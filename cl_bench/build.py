@@ -125,18 +125,28 @@ def build_plugins(cfg: DictConfig, model: nn.Module) -> list[Plugin]:
 
 
 def check_method_scenario(cfg: DictConfig, stream: TaskStream) -> None:
-    """A method that cannot run in the run's scenario is refused naming a scenario it can,
-    and what the benchmark needs to offer it (permuted MNIST: per-task labels)."""
-    supported = get_class(cfg.method._target_).supported_scenarios
+    """A method or plugin that cannot run in the run's scenario is refused naming a scenario
+    they all can, and what the benchmark needs to offer it (permuted MNIST: per-task labels)."""
     scenario = scenario_of(cfg)
-    if scenario in supported:
+    method = get_class(cfg.method._target_)
+    plugins = {name: get_class(node._target_) for name, node in cfg.get("plugins", {}).items()}
+    common = [s for s in method.supported_scenarios
+              if all(s in p.supported_scenarios for p in plugins.values())]
+    if scenario in common or not common:  # none in common: the contract's check refuses it
         return
-    alt = next((s for s in supported if s in stream.scenarios), supported[0])
+    alt = next((s for s in common if s in stream.scenarios), common[0])
     fix = f"scenario={alt}"
     if alt not in stream.scenarios and cfg.benchmark.get("labels") == "shared":
         fix += " benchmark.labels=per_task"
-    raise ConfigError(f"method={cfg.method.name} does not support scenario={scenario}; it "
-                      f"supports {list(supported)}: run it with {fix}")
+    if scenario not in method.supported_scenarios:
+        why = (f"method={cfg.method.name} does not support scenario={scenario}; it supports "
+               f"{list(method.supported_scenarios)}")
+    else:
+        name, plugin = next((n, p) for n, p in plugins.items()
+                            if scenario not in p.supported_scenarios)
+        why = (f"method={cfg.method.name} cannot take plugin {name} in scenario={scenario}: "
+               f"the plugin supports {list(plugin.supported_scenarios)}")
+    raise ConfigError(f"{why}: run it with {fix}")
 
 
 def build_parts(cfg: DictConfig, run_dir: Path, stream: TaskStream | None = None) -> Parts:

@@ -80,15 +80,11 @@ class FreezeOldRows(Plugin):
     """SGM's frozen output rows of earlier tasks' classes (Harun & Kanan, TMLR 2024)."""
 
     needs = frozenset({"class_logits"})
+    # needs tasks with their own classes: in domain-IL every task shares the output rows
+    supported_scenarios = ("class_il", "task_il")
 
     def __init__(self):
         self.frozen: dict = {}
-
-    def setup(self, method):
-        super().setup(method)
-        if method.scenario == "domain_il":
-            raise ValueError("plugin=freeze_old_rows needs tasks with their own classes; "
-                             "in domain-IL every task shares the output rows")
 
     def check_model(self, model):
         check_head("freeze_old_rows", model)
