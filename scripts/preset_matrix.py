@@ -58,8 +58,11 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=30, help="steps per task (0: the defaults)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--versus", help="a method preset each other one is compared with")
+    ap.add_argument("--scenario", help="run every cell in this scenario (default: the "
+                    "benchmark's)")
     args = ap.parse_args()
     extra = [f"budget.iters={args.iters}"] if args.iters else []
+    extra += [f"scenario={args.scenario}"] if args.scenario else []
     methods = ([args.versus] if args.versus else []) + [m for m in args.methods
                                                         if m != args.versus]
     counts: dict[str, int] = {}
