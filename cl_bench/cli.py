@@ -60,15 +60,11 @@ def _optimizer(pair: str, method: str) -> str:
     return tuned_optimizer(method) or "sgd"
 
 
-def _scenario_name(scenario) -> str:
-    return str(getattr(scenario, "value", scenario)).rsplit(".", 1)[-1]
-
-
 def _per_scenario(scenario, values):
     """`${clbench_per_scenario:${scenario},{task_il: a, domain_il: b, class_il: c}}`: the
     value a published protocol uses in the run's scenario (e.g. a regularisation strength
     that the three-scenarios papers set per scenario)."""
-    name = _scenario_name(scenario)
+    name = str(getattr(scenario, "value", scenario)).rsplit(".", 1)[-1]
     if name not in values:
         raise ValueError(f"this preset has no value for scenario={name}; it has "
                          f"{sorted(values)}: choose one of those scenarios")
