@@ -62,12 +62,12 @@ def build_stream(cfg: DictConfig) -> TaskStream:
     if scenario == "domain_il" and "class_il" in stream.scenarios:  # split -> one shared head
         stream = shared_labels(stream)
     if scenario not in stream.scenarios:
-        per_task = cfg.benchmark.get("labels") == "shared"  # permuted / rotated: 10 shared labels
+        shared = cfg.benchmark.get("labels") == "shared"  # permuted MNIST: 10 labels, every task
         raise ValueError(
             f"scenario={scenario} is not available on benchmark={cfg.benchmark.name}; "
             f"it supports {list(stream.scenarios)}"
             + (": run it with benchmark.labels=per_task for class_il and task_il (each task "
-               "its own 10 classes)" if per_task else "")
+               "its own 10 classes)" if shared else "")
         )
     return stream
 
