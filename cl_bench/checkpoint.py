@@ -1,4 +1,5 @@
-"""Per-task checkpoints: everything needed to continue a run after its last completed task."""
+"""Checkpoints: everything needed to continue a run after its last completed task
+(`checkpoint.pt`), or from a step inside the task after it (`checkpoint_step.pt`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from cl_bench.errors import writing
 
 CHECKPOINT = "checkpoint.pt"
+IN_TASK = "checkpoint_step.pt"
 
 
 def rng_state() -> dict:
@@ -31,15 +33,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Writes `checkpoint.pt` atomically; a failed write (a full disk) leaves the previous
+def save_checkpoint(run_dir: Path, state: dict, name: str = CHECKPOINT) -> None:
+    """Writes `name` (`checkpoint.pt`) atomically; a failed write (a full disk) leaves the previous
     checkpoint as it was and no temporary file behind, and is reported as one DiskFull
     naming the folder and the checkpoint's size."""
-    tmp = run_dir / f".{CHECKPOINT}.tmp"
-    with writing(run_dir / CHECKPOINT, lambda: _size(state)):
+    tmp = run_dir / f".{name}.tmp"
+    with writing(run_dir / name, lambda: _size(state)):
         try:
             torch.save(state, tmp)
-            os.replace(tmp, run_dir / CHECKPOINT)
+            os.replace(tmp, run_dir / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -56,11 +58,11 @@ class CorruptCheckpoint(Exception):
     """checkpoint.pt exists but cannot be read (truncated, overwritten, not a checkpoint)."""
 
 
-def load_checkpoint(run_dir: Path) -> dict | None:
-    """The state saved in `run_dir`, or None when there is none. A file that does not
+def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> dict | None:
+    """The state saved in `run_dir` (file `name`), or None when there is none. A file that does not
     load is moved aside to `checkpoint.pt.corrupt` and reported as CorruptCheckpoint, so
     the caller can start over and a later call does not trip on it again."""
-    path = run_dir / CHECKPOINT
+    path = run_dir / name
     if not path.is_file():
         return None
     try:
@@ -69,6 +71,6 @@ def load_checkpoint(run_dir: Path) -> dict | None:
             raise ValueError("not a clbench checkpoint")
         return state
     except Exception as err:
-        os.replace(path, run_dir / f"{CHECKPOINT}.corrupt")
+        os.replace(path, run_dir / f"{name}.corrupt")
         raise CorruptCheckpoint(f"{path} is corrupt ({type(err).__name__}: {err}); moved "
-                                f"it to {CHECKPOINT}.corrupt") from err
+                                f"it to {name}.corrupt") from err

@@ -150,7 +150,17 @@ def _run(cfg: DictConfig) -> float:
     from cl_bench.experiment import run_experiment
 
     signal.signal(signal.SIGTERM, _terminate)
-    summary = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = run_experiment(cfg, hydra_cfg.runtime.output_dir)
+    except Exception as err:
+        # a study's failed cell is recorded in its run folder (summary.json, error.txt) and
+        # shown in the table's status; the other cells go on
+        if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("StudySweeper"):
+            raise
+        message = _report(err) or f"{type(err).__name__}: {err}"
+        sys.stderr.write(f"clbench-study: run {hydra_cfg.runtime.output_dir} failed: {message}\n")
+        return float("nan")
     return summary[f"acc_{summary['scenario']}"]
 
 

@@ -88,6 +88,18 @@ class LoggerConf:
 
 
 @dataclass
+class CheckpointConf:
+    """Checkpoints inside a task (one is always written at each task's end): a preempted or
+    killed run resumed with skip_done=true redoes at most this much of its task, and ends
+    bit-identical to an uninterrupted run. Written at the first train-log step
+    (logger.train_every) after `every_minutes` of training or `every_steps` steps; null
+    turns either off."""
+
+    every_minutes: float | None = 5.0
+    every_steps: int | None = None
+
+
+@dataclass
 class ClbenchConf:
     benchmark: Any = MISSING
     model: Any = MISSING
@@ -109,6 +121,7 @@ class ClbenchConf:
     deterministic: bool = False
     output_root: str = "outputs"
     skip_done: bool = False
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     threads: int | None = None  # torch's intra-op threads; null: torch's choice (summary: threads)
     protocol: str = "paper"  # paper | cpu: the size of the published protocols
     pair: str | None = None  # the published protocol applied (set by its preset)

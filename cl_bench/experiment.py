@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
+import json
 import logging
 import math
 import platform
@@ -14,7 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,8 @@ from cl_bench.build import (  # noqa: F401  (the old import names of the parts' 
     seed_everything,
 )
 from cl_bench.checkpoint import (
+    CHECKPOINT,
+    IN_TASK,
     CorruptCheckpoint,
     load_checkpoint,
     rng_state,
@@ -46,11 +50,19 @@ from cl_bench.config import check_config
 from cl_bench.data.modes import sees_labels
 from cl_bench.data.stream import Task
 from cl_bench.errors import describe, user_error
-from cl_bench.identity import find_runs, git_commit, resolved_flat, run_id, source_hash
+from cl_bench.identity import (
+    find_runs,
+    git_commit,
+    resolved_flat,
+    run_id,
+    same_config,
+    source_hash,
+)
 from cl_bench.loggers.console import ConsoleLogger
 from cl_bench.loggers.csv_logger import CSVLogger, write_summary
 from cl_bench.metrics.accuracy import all_metrics
 from cl_bench.metrics.stability import stability_metrics
+from cl_bench.provenance import machine
 from cl_bench.rundir import SpaceReserve, drop_stale_error
 
 log = logging.getLogger("cl_bench")  # clbench.log in the run directory (Hydra's job log)
@@ -154,14 +166,18 @@ class RunState:
     # the method's seen/old class masks where batches set them (`Method.see_labels`):
     # replaying the tasks' classes on resume would not rebuild them
     class_masks: dict = field(default_factory=dict)
+    # a checkpoint inside a task (checkpoint_step.pt): {task, steps_done}
+    in_task: dict = field(default_factory=dict)
 
-    def save(self, run_dir: Path, parts: Parts, batch_gen: torch.Generator) -> None:
+    def save(self, run_dir: Path, parts: Parts, batch_gen: torch.Generator,
+             name: str = CHECKPOINT) -> None:
         self.method = parts.method.state_dict()
         self.counter = parts.counter.state_dict()
         self.batch_rng, self.rng = batch_gen.get_state(), rng_state()
         if sees_labels(parts.stream_mode):
             self.class_masks = {"seen": parts.method.seen_mask, "old": parts.method.old_mask}
-        save_checkpoint(run_dir, asdict(self))
+        # shallow: asdict would turn dataclasses inside the method's state (Batch) into dicts
+        save_checkpoint(run_dir, {f.name: getattr(self, f.name) for f in fields(self)}, name)
         self.method = {}  # held only while saving
 
     def restore(self, parts: Parts, batch_gen: torch.Generator) -> None:
@@ -184,6 +200,7 @@ class Run:
         self.summary.update(status="running", error="")
         self.state = RunState()
         self.resumed = False
+        self.in_task: dict | None = None  # a checkpoint inside the next task, to resume from
         self.loggers: list = []
         self.console = ConsoleLogger(cfg.logger.console)
         self.stops = StopRequests()
@@ -203,8 +220,12 @@ class Run:
             if checkpoint is not None:
                 self.state = RunState(**checkpoint)
                 self.resumed = True
-        self.loggers = [CSVLogger(self.run_dir,
-                                  keep_through_task=self.state.task if self.resume else None)]
+            self.in_task = self._load_in_task()
+        if self.in_task is None:  # a fresh start, or one from the task's start
+            (self.run_dir / IN_TASK).unlink(missing_ok=True)
+        self.loggers = [CSVLogger(
+            self.run_dir, keep_through_task=self.state.task if self.resume else None,
+            keep_through_step=self.in_task["step"] if self.in_task else None)]
         if cfg.logger.name == "wandb":
             from cl_bench.loggers.wandb_logger import WandbLogger
 
@@ -215,6 +236,17 @@ class Run:
                 group=lg.group or _sweep_group(), tags=lg.tags, init_timeout=lg.init_timeout,
                 warn=self.console.warn,
             ))
+
+    def _load_in_task(self) -> dict | None:
+        """checkpoint_step.pt when it is inside the task after the last completed one."""
+        try:
+            checkpoint = load_checkpoint(self.run_dir, IN_TASK)
+        except CorruptCheckpoint as err:
+            self.console.warn(f"{err}; resuming from the task's start")
+            return None
+        if checkpoint is None or checkpoint["in_task"].get("task") != self.state.task + 1:
+            return None  # older than checkpoint.pt: that task completed since
+        return checkpoint
 
     def _log(self, kind: str, rows) -> None:
         for logger in self.loggers:
@@ -295,6 +327,7 @@ class Run:
         seed_everything(cfg.seed, cfg.deterministic)
         parts = build_parts(cfg, self.run_dir)
         self.summary["device"] = str(parts.device)
+        self.summary.update(machine(parts.device))
         if parts.budget.match is not None:
             self.summary["budget_match"] = str(Path(parts.budget.match).expanduser().resolve())
         self._report_provenance(parts.stream.provenance)
@@ -313,6 +346,7 @@ class Run:
         for task in parts.stream.tasks[state.task + 1 :]:
             self._train_task(parts, task.to(parts.device), batch_gen)
             state.save(self.run_dir, parts, batch_gen)
+            (self.run_dir / IN_TASK).unlink(missing_ok=True)
         self._finish(parts)
 
     def _report_provenance(self, provenance: dict) -> None:
@@ -377,10 +411,16 @@ class Run:
         method.plan_task(steps)
         self.console.start_task(task.id, len(parts.stream), steps)
         window = LossWindow(parts.device)
+        batches = parts.budget.batches(len(data), batch_gen, parts.device, task.id,
+                                       method.active_samples, method.active_version)
+        done = 0  # steps of this task trained
+        if self.in_task is not None:
+            done = self._resume_in_task(parts, batches, batch_gen)
         t_task, eval_before = time.perf_counter(), state.eval_seconds
         t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
-        for idx in parts.budget.batches(len(data), batch_gen, parts.device, task.id,
-                                        method.active_samples, method.active_version):
+        saved_at = time.monotonic()
+        resumable = method.resumes_in_task and all(p.resumes_in_task for p in method.plugins)
+        for idx in batches:
             batch = data[idx]
             batch.sample = idx
             if see_labels:
@@ -396,6 +436,12 @@ class Run:
                 rows = self._acc_rows(curve, {"step": state.step, "train_task": task.id})
                 state.curves += rows
                 self._log("log_curve_rows", rows)
+            done += 1
+            if resumable and state.step % train_every == 0 and self._in_task_due(done, saved_at):
+                self._save_in_task(parts, batch_gen, task.id, done,
+                                   (time.perf_counter() - t_task)
+                                   - (state.eval_seconds - eval_before))
+                saved_at = time.monotonic()
         if window.n:
             self._flush_train(task.id, window, parts.counter, t_start)
         self.console.end_task()
@@ -412,6 +458,50 @@ class Run:
         log.info("task %d/%d: %d steps so far, %.1f s training; %s accuracy per task %s",
                  task.id + 1, len(parts.stream), state.step, state.train_seconds, scenario,
                  " ".join(f"{a:.4f}" for a in result[scenario]))
+
+    def _in_task_due(self, done: int, saved_at: float) -> bool:
+        """Whether a checkpoint inside the task is due (`checkpoint.every_*`); asked right
+        after a train-log flush, when no loss waits in the window."""
+        every = self.cfg.checkpoint
+        return bool((every.every_steps and done % every.every_steps == 0) or (
+            every.every_minutes is not None
+            and time.monotonic() - saved_at >= 60 * every.every_minutes))
+
+    def _save_in_task(self, parts: Parts, batch_gen: torch.Generator, task_id: int, done: int,
+                      task_seconds: float) -> None:
+        """checkpoint_step.pt: the run's state after `done` steps of task `task_id`, its
+        training time so far included."""
+        state = self.state
+        state.in_task = {"task": task_id, "steps_done": done, "step": state.step}
+        state.train_seconds += task_seconds
+        try:
+            state.save(self.run_dir, parts, batch_gen, IN_TASK)
+        finally:
+            state.train_seconds -= task_seconds
+            state.in_task = {}
+
+    def _resume_in_task(self, parts: Parts, batches, batch_gen: torch.Generator) -> int:
+        """Continues the task from checkpoint_step.pt: draws the batches its steps used (so
+        the iterator stands where it stood) and restores the method, counters, RNGs, log
+        rows and times saved there; returns the steps already done."""
+        saved = RunState(**self.in_task)
+        self.in_task = None
+        done = saved.in_task["steps_done"]
+        for _ in itertools.islice(batches, done):
+            pass
+        saved.restore(parts, batch_gen)
+        if saved.class_masks:
+            parts.method.seen_mask = saved.class_masks["seen"].to(parts.device)
+            parts.method.old_mask = saved.class_masks["old"].to(parts.device)
+        state = self.state
+        state.step, state.curves = saved.step, saved.curves
+        state.train_seconds, state.eval_seconds = saved.train_seconds, saved.eval_seconds
+        state.test_seconds = saved.test_seconds
+        self.summary["resumed_at_step"] = saved.step
+        self.console.advance(done, math.nan)
+        log.info("resumed task %d at its step %d (step %d of the run)", saved.in_task["task"],
+                 done, saved.step)
+        return done
 
     def _flush_train(self, task_id, window: LossWindow, counter, t_start) -> None:
         n, means = window.flush()  # the loss sync every logger.train_every steps
@@ -539,6 +629,23 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
+def reuse_in_place(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """A fixed run folder (a study's `<row>_seed<seed>`) that already holds this run: its
+    summary when it completed, else the run resumed there from its checkpoint. The same run
+    is the same config; the code version may differ (the summary records its commit)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("status") == "completed" and same_config(summary, cfg):
+        ConsoleLogger(cfg.logger.console).say(f"skip_done: already completed in {run_dir}")
+        return summary
+    if any((run_dir / f).is_file() for f in (CHECKPOINT, IN_TASK)) and same_config(summary, cfg):
+        ConsoleLogger(cfg.logger.console).say(f"skip_done: resuming in {run_dir}")
+        return Run(cfg, run_dir, resume=True).execute()
+    return None
+
+
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run one experiment into `run_dir` and return its summary row.
 
@@ -549,6 +656,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.skip_done:
         rid = run_id(cfg)
         here = Path(run_dir).resolve()
+        reused = reuse_in_place(cfg, here)
+        if reused is not None:
+            return reused
         for previous, summary in find_runs(cfg.output_root, rid):
             if previous.resolve() == here:
                 continue
@@ -562,3 +672,4 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
             console.say(f"skip_done: resuming run {rid} in {previous}")
             return Run(cfg, previous, resume=True).execute()
     return Run(cfg, run_dir).execute()
+

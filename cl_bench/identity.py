@@ -19,8 +19,8 @@ from cl_bench.data.modes import StreamConf
 DEFAULT_STREAM = {f"stream.{k}": v for k, v in asdict(StreamConf()).items()}
 
 # keys that say where or how a run is written or shown, not what it computes
-NOT_IN_ID = ("hydra", "output_root", "skip_done", "data.root", "data.download", "logger",
-             "weights.root", "cache", "benchmark.cache", "threads")
+NOT_IN_ID = ("hydra", "output_root", "skip_done", "checkpoint", "data.root", "data.download",
+             "logger", "weights.root", "cache", "benchmark.cache", "threads")
 
 
 def flatten(container: dict, prefix: str = "") -> dict:
@@ -97,8 +97,7 @@ def code_version() -> list[str]:
 def run_id(cfg: DictConfig) -> str:
     """12 hex digits of a hash of the resolved config (seed included, output paths and
     logging excluded) and the code version."""
-    stamp = {k: v for k, v in resolved_flat(cfg).items()
-             if not any(k == p or k.startswith(p + ".") for p in NOT_IN_ID)}
+    stamp = config_stamp(cfg)
     if all(stamp.get(k) == v for k, v in DEFAULT_STREAM.items()):
         stamp = {k: v for k, v in stamp.items() if k not in DEFAULT_STREAM}
     digest = hashlib.sha1(json.dumps([stamp, code_version()], sort_keys=True,
@@ -118,3 +117,17 @@ def find_runs(output_root: str | Path, rid: str) -> list[tuple[Path, dict]]:
         if summary.get("run_id", rid) == rid:
             found.append((summary_dir, summary))
     return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)
+
+
+def config_stamp(cfg: DictConfig) -> dict:
+    """The resolved config keys that make a run's result (output paths, logging excluded)."""
+    return {k: v for k, v in resolved_flat(cfg).items()
+            if not any(k == p or k.startswith(p + ".") for p in NOT_IN_ID)}
+
+
+def same_config(summary: dict, cfg: DictConfig) -> bool:
+    """Whether a saved run's summary (which carries its resolved config by dotted key) was
+    made with `cfg`, on the keys both know (a key added to the schema since is ignored; the
+    summary's `device` is the device the run resolved `device=auto` to)."""
+    return all(summary[k] == v for k, v in config_stamp(cfg).items()
+               if k in summary and k != "device")

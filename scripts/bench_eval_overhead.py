@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _pool import run_one
 
 from cl_bench.models.mlp import MLP
+from cl_bench.study import run_in
 
 
 def bare_overhead(every: int, probe_size: int, batch: int, precision: str, device: str,
@@ -84,7 +84,7 @@ def main() -> None:
     resolved: dict[str, str] = {}
     for r in range(args.repeats):
         for every, precision in settings:
-            s = run_one([*common, f"eval.every={every}", f"eval.precision={precision}"],
+            s = run_in([*common, f"eval.every={every}", f"eval.precision={precision}"],
                         out / f"every{every}_{precision}_{r}")
             results[every, precision].append(
                 (s["eval_overhead"], s["train_seconds"], s["eval_seconds"], s["test_seconds"],

@@ -25,12 +25,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from _pool import run_one
 from bare_er import er_loop
 
 from cl_bench.data.benchmarks import split_stream
 from cl_bench.data.transforms import random_crop_flip
 from cl_bench.models.resnet import ReducedResNet18
+from cl_bench.study import run_in
 
 BATCH, REPLAY, MEMORY = 32, 32, 500
 
@@ -86,7 +86,7 @@ def count_syncs(device: str, out: Path) -> tuple[int, int]:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            summary = run_one(overrides(device, steps // 10), out / "syncs")
+            summary = run_in(overrides(device, steps // 10), out / "syncs")
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
@@ -118,7 +118,7 @@ def main() -> None:
                       flush=True)
                 continue
             with Utilisation() as u:
-                s = run_one([*overrides(device, args.iters), f"seed={i}"],
+                s = run_in([*overrides(device, args.iters), f"seed={i}"],
                             args.out / f"run{i}")
             images = s["steps"] * (BATCH + REPLAY) - REPLAY  # the first step replays nothing
             total = s["train_seconds"] + s["eval_seconds"]

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-from _pool import run_one
 from bare_er import er_loop, interleaved, mlp
 
 from cl_bench.data.benchmarks import split_stream
+from cl_bench.study import run_in
 
 
 def runner(overrides: list[str]) -> tuple[float, dict]:
-    summary = run_one(overrides, Path("outputs/bench_overhead") / str(time.time_ns()))
+    summary = run_in(overrides, Path("outputs/bench_overhead") / str(time.time_ns()))
     seconds = summary["train_seconds"] + summary["eval_seconds"] + summary["test_seconds"]
     return seconds, summary
 

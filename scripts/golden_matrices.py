@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pool import run_one  # noqa: E402
+from cl_bench.study import run_in  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 # one torch thread: a matrix multiply's summation order may depend on the thread count
@@ -46,7 +46,7 @@ RUNS = {
 
 
 def matrix(name: str, out: Path) -> pd.DataFrame:
-    run_one([*COMMON, *RUNS[name]], out / name)
+    run_in([*COMMON, *RUNS[name]], out / name)
     return pd.read_csv(out / name / "acc_matrix.csv")
 
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _pool import run_one
+from cl_bench.study import run_in
 
 # clbench method -> the reference's flags (its compare.py names); the reference's current code
 # has the 2022 values, so clbench runs experiment=three_scenarios_split_2022
@@ -71,7 +71,7 @@ def main() -> None:
             ref = reference_run(args.reference, data, args.scenario, args.method, seed)
             run_dir.mkdir(parents=True, exist_ok=True)
             ref_file.write_text(json.dumps({"accuracy": ref}))
-        ours = run_one(["experiment=three_scenarios_split_2022",
+        ours = run_in(["experiment=three_scenarios_split_2022",
                         f"scenario={SCENARIOS[args.scenario]}", f"method={args.method}",
                         f"seed={seed}", "benchmark.shuffle_classes=false",
                         "benchmark.class_order='${clbench_three_scenarios_order:${seed},10}'",

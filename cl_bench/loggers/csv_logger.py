@@ -77,9 +77,12 @@ class CSVLogger:
     rewrites the file atomically with the wider header (see `ZERO_FILLED_PREFIX` for the
     earlier rows' cells), which happens a handful of times per run."""
 
-    def __init__(self, run_dir: str | Path, keep_through_task: int | None = None):
+    def __init__(self, run_dir: str | Path, keep_through_task: int | None = None,
+                 keep_through_step: int | None = None):
         """`keep_through_task=k` continues existing files, dropping rows of tasks after k
-        (a resumed run) and keeping train.csv's columns; None starts them afresh."""
+        (a resumed run) and keeping train.csv's columns; None starts them afresh.
+        `keep_through_step=s` also keeps task k+1's rows up to step s (a run resumed inside
+        that task)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._files = {}
@@ -91,8 +94,11 @@ class CSVLogger:
             kept = []
             if keep_through_task is not None and path.is_file():
                 header, rows = _read(path)
-                kept = [r for r in rows
-                        if r.get("train_task") and int(r["train_task"]) <= keep_through_task]
+                kept = [r for r in rows if r.get("train_task") and (
+                    int(r["train_task"]) <= keep_through_task
+                    or (keep_through_step is not None and r.get("step")
+                        and int(r["train_task"]) == keep_through_task + 1
+                        and int(r["step"]) <= keep_through_step))]
                 if name == "train":
                     columns = columns + [c for c in header if c not in columns]
             self._start(name, list(columns), kept)

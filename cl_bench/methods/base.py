@@ -87,6 +87,9 @@ class Method(metaclass=_BuildAfterInit):
     provides: frozenset[str] = contract.METHOD_DEFAULT
     needs: frozenset[str] = frozenset()  # of the run: `planned_steps` (cl_bench.contract)
     steps_per_batch = 1  # optimisation steps per training batch
+    # whether `state_dict` holds everything that changes within a task, so a run resumes
+    # from a checkpoint inside one (`checkpoint.every_*`); False: from the task's start
+    resumes_in_task = True
     inner_flops = "inner"  # FLOP component of a batch's steps after its first
     # constructor arguments that trade plasticity for stability (`clbench-tune` decays
     # them; config keys `method.<knob>`)

@@ -61,6 +61,9 @@ class CPS(TaskAware):
     Biases train with the first task only (the authors' code prunes them too; we do not)."""
 
     supported_scenarios = ("class_il", "task_il")
+    # the pruning schedule (steps, prunes done, live masks, the rebuilt optimiser) is
+    # outside state_dict: a run resumes from the task's start
+    resumes_in_task = False
     needs = frozenset({"planned_steps"})
 
     def __init__(self, alpha: float, iters: int, retrain: float,

@@ -40,6 +40,10 @@ class ExSSNeT(SupermaskMethod):
     phase has its own learning rate (`weight_lr`; mask 0.01, weights 0.001 in its README).
     The weights start as signed constants, as in the reference code."""
 
+    # the phase within the task and its optimiser are outside state_dict: a run resumes
+    # from the task's start
+    resumes_in_task = False
+
     def __init__(self, mask_fraction: float, exclusive: bool,
                  weight_lr: float | None, kkt: bool, knn_k: int,
                  knn_samples: int, **kw):

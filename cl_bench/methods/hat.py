@@ -60,6 +60,9 @@ class HAT(TaskAware):
     layer (before ReLU and pooling, with which a positive per-unit scale commutes)."""
 
     supported_scenarios = ("task_il",)
+    # the annealing step within the task and its gate masks are outside state_dict: a run
+    # resumes from the task's start
+    resumes_in_task = False
     # the gates are set by each step (and by predict_logits): `model(x)` outside them is
     # not the model's output, so no class_logits for plugins
     provides = frozenset({"step_logits", "cross_entropy"})

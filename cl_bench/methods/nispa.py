@@ -65,6 +65,9 @@ class NISPA(TaskAware):
     phases to reach small a_t), without validation rollback."""
 
     supported_scenarios = ("class_il", "task_il")
+    # the phases' unit bookkeeping and pruning schedule are outside state_dict: a run
+    # resumes from the task's start
+    resumes_in_task = False
     predict_needs_task_ids = False
     needs = frozenset({"planned_steps"})
 

@@ -37,6 +37,9 @@ class PackNet(TaskAware):
 
     supported_scenarios = ("task_il",)
     needs = frozenset({"planned_steps"})
+    # the step within the task and whether it has pruned yet are outside state_dict: a
+    # run resumes from the task's start
+    resumes_in_task = False
 
     def __init__(self, prune: float, retrain: float,
                  dense_layers: list[str] | tuple, **kw):

@@ -108,6 +108,9 @@ class Relational:
     """
 
     supported_streams = ("task", "online", "blurry")
+    # the step within the task, the meta steps' generator and per-task weight sums are
+    # outside state_dict: a run resumes from the task's start
+    resumes_in_task = False
     weight_names: tuple[str, ...] = ("new", "buf")  # summary/log names, one per pair column
     term_names: tuple[str, ...] = ("ce", "replay")  # the loss terms of the learned phase
 

@@ -46,6 +46,7 @@ class Plugin:
     # (`clbench-tune` decays them; config keys `plugins.<name>.<knob>`)
     stability_knobs: tuple[str, ...] = ()
     active_version = 0
+    resumes_in_task = True  # as Method.resumes_in_task
     needs: frozenset[str] = frozenset()
     needs_plugins: tuple[str, ...] = ()
     removes: frozenset[str] = frozenset()  # provisions it takes away from the others

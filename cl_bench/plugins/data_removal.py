@@ -32,6 +32,9 @@ class DataRemoval(Plugin):
     Summary: `data_removed`, samples removed over all tasks."""
 
     needs = frozenset({"step_logits", "planned_steps"})
+    # the batches drawn depend on the samples removed along the task, which a resumed
+    # iterator cannot redraw: a run resumes from the task's start
+    resumes_in_task = False
 
     def __init__(self, remove_frac: float,
                  stages: tuple[float, ...]):

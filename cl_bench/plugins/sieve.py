@@ -32,6 +32,9 @@ class Sieve(Plugin):
     Every task starts afresh."""
 
     needs = frozenset({"step_logits", "planned_steps"})
+    # the batches drawn depend on the samples removed along the task, which a resumed
+    # iterator cannot redraw: a run resumes from the task's start
+    resumes_in_task = False
 
     def __init__(self, keep_frac: float, interval: float, swap_frac: float):
         self.keep_frac = fraction(keep_frac, "plugins.sieve.keep_frac")

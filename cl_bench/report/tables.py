@@ -12,7 +12,8 @@ IDENTITY = ["benchmark", "method", "memory", "memory_size", "model", "scenario"]
 NOT_GROUPS = ("seed", "run_id", "git_commit", "run_dir", "status", "error", "device",
               "data.", "logger.", "output_root", "skip_done", "resumed_after_task",
               "torch_version", "torchvision_version", "hydra_version", "clbench_version",
-              "python_version")
+              "python_version", "host", "cpu_model", "cpu_cores", "gpu_model", "gpu_driver",
+              "cuda_version")
 METRIC_PREFIXES = ("acc_", "forgetting_", "bwt_", "min_acc_", "wc_acc_")
 COST_COLUMNS = ["train_flops", "wall_seconds", "memory_bytes", "peak_rss_bytes"]
 
