@@ -39,8 +39,10 @@ def option_groups(choices=None) -> str:
     registered in Hydra's ConfigStore are not choices), `*` on the ones in `choices`."""
     root, lines = Path(CONF_DIR), []
     groups = sorted({p.parent.relative_to(root).as_posix() for p in root.glob("*/**/*.yaml")})
-    # a folder or file named _* holds parts of other options (experiment/_protocol/), not choices
-    for group in (g for g in groups if g != "hydra/help" and "/_" not in f"/{g}"):
+    # a folder or file named _* holds parts of other options (experiment/_protocol/), not
+    # choices; study/ is clbench-study's, hydra/sweeper/ the sweeper it sets itself
+    hidden = ("hydra/help", "hydra/sweeper", "study")
+    for group in (g for g in groups if g not in hidden and "/_" not in f"/{g}"):
         chosen = (choices or {}).get(group)  # Hydra records none for a list-valued group
         options = [p.stem + "*" * (p.stem == chosen) for p in sorted(root.glob(f"{group}/*.yaml"))
                    if not p.stem.startswith("_")]

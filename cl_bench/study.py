@@ -11,6 +11,7 @@ value, the difference and a verdict per row.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -27,7 +28,9 @@ from cl_bench.report.status import JOBS_FILE, format_status, sweep_status
 from cl_bench.report.tables import aggregate, to_latex
 
 STUDY_DIR = Path(CONF_DIR) / "study"
-PERCENT = ("acc_", "forgetting_", "bwt_", "min_acc_", "wc_acc_")  # fractions shown in %
+# fractions, shown in %
+PERCENT = ("acc_", "forgetting_", "bwt_", "min_acc_", "wc_acc_", "anytime_acc_", "gap_depth_",
+           "task_infer_acc", "task_select_acc", "capacity_used")
 
 
 @dataclass
@@ -123,15 +126,37 @@ def jobs(study: StudyConf, out: Path, extra: list[str]) -> list[dict]:
             for seed in study.seeds for row, overrides in study.rows.items()]
 
 
-def launch(study: StudyConf, out: Path, extra: list[str], hydra_args: list[str]) -> None:
-    """Runs the study's jobs as one Hydra multirun into `out` (each in out/<row>_seed<seed>)."""
-    from cl_bench import cli
+def subset(study: StudyConf, rows: str | None, seeds: str | None) -> StudyConf:
+    """The study restricted to `rows` and `seeds` (comma-separated; None: all)."""
+    chosen = [r.strip() for r in rows.split(",")] if rows else list(study.rows)
+    unknown = [r for r in chosen if r not in study.rows]
+    if unknown:
+        raise StudyError(f"--rows {unknown} are not rows of this study: {', '.join(study.rows)}")
+    try:
+        picked = [int(x) for x in seeds.split(",")] if seeds else study.seeds
+    except ValueError as err:
+        raise StudyError(f"--seeds {seeds!r}: give integers separated by commas") from err
+    return dataclasses.replace(study, rows={r: study.rows[r] for r in chosen}, seeds=picked)
 
+
+def launch(study: StudyConf, out: Path, extra: list[str], hydra_args: list[str],
+           now: StudyConf | None = None) -> None:
+    """Runs the study's jobs (those of `now`, a subset, when given) as one Hydra multirun
+    into `out`, each in out/<row>_seed<seed>; out/study_jobs.json lists the whole grid (for
+    `clbench-status`)."""
+    from hydra.core.plugins import Plugins
+
+    from cl_bench import cli
+    from hydra_plugins.clbench_study.study_sweeper import StudySweeper
+
+    # Hydra's plugin scan cannot list a package an editable install maps in: name it
+    Plugins.instance().register(StudySweeper)
     out.mkdir(parents=True, exist_ok=True)
-    listed = jobs(study, out, extra)
-    (out / JOBS_FILE).write_text(json.dumps(listed, indent=1))
+    (out / JOBS_FILE).write_text(json.dumps(jobs(study, out, extra), indent=1))
+    launched = out / ".study_launch.json"
+    launched.write_text(json.dumps(jobs(now or study, out, extra), indent=1))
     argv = ["clbench", "-m", "hydra/sweeper=clbench_study",
-            f"hydra.sweeper.jobs_file={out / JOBS_FILE}", f"hydra.sweep.dir={out}",
+            f"hydra.sweeper.jobs_file={launched}", f"hydra.sweep.dir={out}",
             "hydra.sweep.subdir=${logger.group}_seed${seed}", *hydra_args]
     saved = sys.argv
     sys.argv = argv
@@ -172,11 +197,16 @@ def _is_fraction(metric: str) -> bool:
     return metric.startswith(PERCENT)
 
 
+def _is_cost(metric: str) -> bool:
+    """FLOPs (`train_flops`, a component's `flops_replay`), bytes and seconds."""
+    return metric.endswith(("flops", "bytes", "seconds")) or metric.startswith("flops_")
+
+
 def _cell(mean: float, std: float, ci: float, scale: float, metric: str) -> str:
     if pd.isna(mean):
         return "-"
-    if metric.endswith(("flops", "bytes", "seconds")):  # costs: the mean; seeds barely differ
-        return f"{mean:.3g}" if not metric.endswith("seconds") else f"{mean:.0f}"
+    if _is_cost(metric):  # costs: the mean; seeds barely differ
+        return f"{mean:.0f}" if metric.endswith("seconds") else f"{mean:.3g}"
     fmt = "{:.2f}" if scale == 100 else "{:.4f}"
     text = fmt.format(mean * scale)
     if not pd.isna(std):
@@ -206,11 +236,13 @@ def table(study: StudyConf, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     if runs.empty:
         numbers = pd.DataFrame({"row": list(study.rows), "n": 0, "seeds": ""})
     else:
-        missing = [c for c in columns if c not in runs]
-        if missing:
-            raise StudyError(f"columns {missing} are in no summary of this study; e.g. "
-                             f"{sorted(c for c in runs.columns if c.startswith(PERCENT))[:8]}")
-        numbers = aggregate(runs[["row", "seed", *columns]], ["row"])
+        # a column no run has yet (a component only some rows count) stays "-"
+        runs = runs.assign(**{c: math.nan for c in columns if c not in runs})
+        odd = [c for c in columns if not pd.api.types.is_numeric_dtype(runs[c])]
+        if odd:
+            raise StudyError(f"columns {odd} are not numbers in the summaries (a list or a "
+                             "text): choose numeric summary keys")
+        numbers = aggregate(runs[["row", "seed", *columns]], ["row"], columns)
         numbers = numbers.set_index("row").reindex(list(study.rows)).reset_index()
         numbers["n"] = numbers["n"].fillna(0).astype(int)
     shown = pd.DataFrame({"row": numbers["row"]})
@@ -228,7 +260,7 @@ def table(study: StudyConf, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
                 strict=True)]
     if study.ratio_to is not None:
         base = numbers.set_index("row")
-        for metric in (c for c in columns if c.endswith(("flops", "bytes", "seconds"))):
+        for metric in (c for c in columns if _is_cost(c)):
             ref_value = base.loc[study.ratio_to].get(f"{metric}_mean", math.nan)
             shown[f"{metric} / {study.ratio_to}"] = [
                 "-" if pd.isna(v) or not ref_value else f"{v / ref_value:.3g}x"
@@ -308,6 +340,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="overrides for every run (budget.iters=50), or Hydra's "
                         "(hydra/launcher=local hydra.launcher.n_jobs=2)")
     parser.add_argument("--out", type=Path, help="study folder (default outputs/studies/NAME)")
+    parser.add_argument("--rows", help="comma-separated rows to run now (default: all); the "
+                        "table still lists every row")
+    parser.add_argument("--seeds", help="comma-separated seeds to run now (default: the "
+                        "study's)")
     parser.add_argument("--report-only", action="store_true",
                         help="tabulate the runs already in the folder; train nothing")
     parser.add_argument("--status", action="store_true",
@@ -324,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.name)
         out = (args.out or Path("outputs") / "studies" / Path(args.name).stem).resolve()
         if args.status:
-            print(format_status(out, sweep_status(out)))
+            grid = [out / job_dir(row, seed) for seed in study.seeds for row in study.rows]
+            print(format_status(out, sweep_status(out, expected=grid)))
             return 0
         hydra_args = [o for o in args.overrides if o.lstrip("+~").startswith("hydra")]
         extra = [o for o in args.overrides if o not in hydra_args]
         if not args.report_only:
-            launch(study, out, extra, hydra_args)
+            launch(study, out, extra, hydra_args, subset(study, args.rows, args.seeds))
         if not out.is_dir():
             raise StudyError(f"{out} does not exist: run the study first (without "
                              "--report-only), or give its folder with --out")

@@ -170,3 +170,14 @@ def test_a_summary_names_the_machine_that_made_it(run_job):
     assert summary["cpu_cores"] >= 1 and summary["cpu_model"] not in ("", None)
     assert summary["gpu_model"] is None and summary["device"] == "cpu"
     assert summary["git_commit"] and summary["torch_version"] and summary["clbench_version"]
+
+
+def test_a_subset_of_rows_and_seeds_runs_now_and_the_rest_stays_listed(tiny):
+    study = st.load_study(str(tiny))
+    now = st.subset(study, "er", "1")
+    assert list(now.rows) == ["er"] and now.seeds == [1]
+    assert [j["dir"] for j in st.jobs(now, tiny.parent, [])] == ["er_seed1"]
+    with pytest.raises(st.StudyError, match=r"--rows \['gr'\] are not rows of this study"):
+        st.subset(study, "gr", None)
+    shown, numbers = st.table(study, pd.DataFrame())
+    assert list(shown["seeds"]) == ["0/2 (fewer than asked)"] * 2

@@ -37,14 +37,16 @@ def expected_dirs(root: Path) -> list[Path]:
     return sorted(d for d in found if d != root or (root / "summary.json").is_file())
 
 
-def sweep_status(root: str | Path, now: float | None = None) -> SweepStatus:
+def sweep_status(root: str | Path, now: float | None = None,
+                 expected: list[Path] | None = None) -> SweepStatus:
     """The state of every expected run under `root` (see `expected_dirs`): `running` is a
     run whose summary says so (it may have died without a word: `idle_seconds` tells since
     when nothing was written), `missing` one that has not started. The ETA is the median
-    wall time of the completed runs times the runs left, over the runs going at once."""
+    wall time of the completed runs times the runs left, over the runs going at once.
+    `expected` lists the run folders instead (a study's grid)."""
     root, now = Path(root), time.time() if now is None else now
     status, walls = SweepStatus(), []
-    for run_dir in expected_dirs(root):
+    for run_dir in expected if expected is not None else expected_dirs(root):
         path = run_dir / "summary.json"
         summary = json.loads(path.read_text()) if path.is_file() else {}
         state = summary.get("status", "missing")

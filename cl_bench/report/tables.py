@@ -47,9 +47,11 @@ def ci95(values: pd.Series) -> float:
     return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
 
 
-def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean, sample std and 95% CI half-width (Student t) of every metric per group."""
-    metrics = metric_columns(runs)
+def aggregate(runs: pd.DataFrame, keys: list[str],
+              metrics: list[str] | None = None) -> pd.DataFrame:
+    """Mean, sample std and 95% CI half-width (Student t) per group of `metrics` (default:
+    every metric and cost column)."""
+    metrics = metric_columns(runs) if metrics is None else metrics
     out = []
     for values, group in runs.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))

@@ -6,29 +6,17 @@ sets of overrides that do not combine (row `ewc` is `method=ewc`, row `gr` is
 configured launcher (local joblib, submitit SLURM or local, ...) in one launch, so the rows
 run in parallel and on a cluster like any `clbench -m` sweep. Plugins must live under the
 `hydra_plugins` package for Hydra to accept them; the study logic is in `cl_bench.study`.
-(No `from __future__ import annotations`: Hydra executes plugin modules without registering
-them in sys.modules, where dataclasses look string annotations up.)
+Its config is conf/hydra/sweeper/clbench_study.yaml (a file of the search path rather than a
+ConfigStore node, so that an editable install, whose package Hydra's plugin scan cannot
+list, finds it too).
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
-
-
-@dataclass
-class StudySweeperConf:
-    _target_: str = "hydra_plugins.clbench_study.study_sweeper.StudySweeper"
-    jobs_file: str = "???"  # JSON: jobs, each a list of overrides or {overrides: [...]}
-    max_batch_size: int | None = None  # jobs per launch (None: all in one)
-
-
-ConfigStore.instance().store(group="hydra/sweeper", name="clbench_study", node=StudySweeperConf,
-                             provider="clbench")
 
 
 class StudySweeper(Sweeper):
