@@ -649,9 +649,10 @@ def reuse_in_place(cfg: DictConfig, run_dir: Path) -> dict | None:
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run one experiment into `run_dir` and return its summary row.
 
-    With `skip_done=true`, an earlier run with the same run id under `output_root` is
-    reused: a completed one is skipped, an unfinished one is resumed in its own directory
-    from its last per-task checkpoint; the fresh `run_dir` is then removed.
+    With `skip_done=true`, this run in `run_dir` itself (a fixed folder) or an earlier run
+    with the same run id under `output_root` is reused: a completed one is skipped, an
+    unfinished one is resumed in its own directory from its last checkpoint (inside a task,
+    or at a task's end); a fresh `run_dir` is then removed.
     """
     if cfg.skip_done:
         rid = run_id(cfg)
@@ -672,4 +673,3 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
             console.say(f"skip_done: resuming run {rid} in {previous}")
             return Run(cfg, previous, resume=True).execute()
     return Run(cfg, run_dir).execute()
-

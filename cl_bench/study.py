@@ -11,12 +11,11 @@ value, the difference and a verdict per row.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -136,7 +135,7 @@ def subset(study: StudyConf, rows: str | None, seeds: str | None) -> StudyConf:
         picked = [int(x) for x in seeds.split(",")] if seeds else study.seeds
     except ValueError as err:
         raise StudyError(f"--seeds {seeds!r}: give integers separated by commas") from err
-    return dataclasses.replace(study, rows={r: study.rows[r] for r in chosen}, seeds=picked)
+    return replace(study, rows={r: study.rows[r] for r in chosen}, seeds=picked)
 
 
 def launch(study: StudyConf, out: Path, extra: list[str], hydra_args: list[str],

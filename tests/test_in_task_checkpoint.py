@@ -38,12 +38,18 @@ def _assert_same_run(run_dir, ref_dir):
     return summary
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_run_killed_mid_task_resumes_from_its_step_checkpoint(tmp_path, sig):
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
-    done = subprocess.run(CLI + LONG + [f"hydra.run.dir={ref_dir}"], cwd=tmp_path,
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    ref_dir = tmp_path_factory.mktemp("ref") / "run"
+    done = subprocess.run(CLI + LONG + [f"hydra.run.dir={ref_dir}"], cwd=ref_dir.parent,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    return ref_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_killed_mid_task_resumes_from_its_step_checkpoint(tmp_path, sig, uninterrupted):
+    ref_dir, run_dir = uninterrupted, tmp_path / "run"
     args = CLI + LONG + [f"hydra.run.dir={run_dir}", "skip_done=true"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
