@@ -201,6 +201,7 @@ class Run:
         self.state = RunState()
         self.resumed = False
         self.in_task: dict | None = None  # a checkpoint inside the next task, to resume from
+        self.saved_step: int | None = None  # the step of the last checkpoint inside a task
         self.loggers: list = []
         self.console = ConsoleLogger(cfg.logger.console)
         self.stops = StopRequests()
@@ -270,9 +271,11 @@ class Run:
             drop_stale_error(self.run_dir)
         except KeyboardInterrupt as err:
             at = self.state.task + 1
+            where = (f"its checkpoint at step {self.saved_step}" if self.saved_step
+                     else f"the start of task {at}")
             reason = (f"interrupted by {str(err) or 'SIGINT (Ctrl-C)'} at step "
                       f"{self.state.step} (task {at}); rerun with skip_done=true to resume "
-                      f"from task {at}")
+                      f"from {where}")
             self.summary.update(status="interrupted", error=reason)
             failure = traceback.format_exc()
             err.clbench_reason = reason
@@ -347,6 +350,7 @@ class Run:
             self._train_task(parts, task.to(parts.device), batch_gen)
             state.save(self.run_dir, parts, batch_gen)
             (self.run_dir / IN_TASK).unlink(missing_ok=True)
+            self.saved_step = None
         self._finish(parts)
 
     def _report_provenance(self, provenance: dict) -> None:
@@ -476,6 +480,7 @@ class Run:
         state.train_seconds += task_seconds
         try:
             state.save(self.run_dir, parts, batch_gen, IN_TASK)
+            self.saved_step = state.step
         finally:
             state.train_seconds -= task_seconds
             state.in_task = {}
@@ -497,7 +502,7 @@ class Run:
         state.step, state.curves = saved.step, saved.curves
         state.train_seconds, state.eval_seconds = saved.train_seconds, saved.eval_seconds
         state.test_seconds = saved.test_seconds
-        self.summary["resumed_at_step"] = saved.step
+        self.summary["resumed_at_step"] = self.saved_step = saved.step
         self.console.advance(done, math.nan)
         log.info("resumed task %d at its step %d (step %d of the run)", saved.in_task["task"],
                  done, saved.step)
