@@ -422,7 +422,7 @@ class Run:
             done = self._resume_in_task(parts, batches, batch_gen)
         t_task, eval_before = time.perf_counter(), state.eval_seconds
         t_start = time.perf_counter() - state.train_seconds - state.eval_seconds
-        saved_at = time.monotonic()
+        saved_at, saved_done = time.monotonic(), done
         resumable = method.resumes_in_task and all(p.resumes_in_task for p in method.plugins)
         for idx in batches:
             batch = data[idx]
@@ -441,11 +441,12 @@ class Run:
                 state.curves += rows
                 self._log("log_curve_rows", rows)
             done += 1
-            if resumable and state.step % train_every == 0 and self._in_task_due(done, saved_at):
+            if (resumable and state.step % train_every == 0
+                    and self._in_task_due(done - saved_done, saved_at)):
                 self._save_in_task(parts, batch_gen, task.id, done,
                                    (time.perf_counter() - t_task)
                                    - (state.eval_seconds - eval_before))
-                saved_at = time.monotonic()
+                saved_at, saved_done = time.monotonic(), done
         if window.n:
             self._flush_train(task.id, window, parts.counter, t_start)
         self.console.end_task()
@@ -463,11 +464,12 @@ class Run:
                  task.id + 1, len(parts.stream), state.step, state.train_seconds, scenario,
                  " ".join(f"{a:.4f}" for a in result[scenario]))
 
-    def _in_task_due(self, done: int, saved_at: float) -> bool:
-        """Whether a checkpoint inside the task is due (`checkpoint.every_*`); asked right
-        after a train-log flush, when no loss waits in the window."""
+    def _in_task_due(self, steps: int, saved_at: float) -> bool:
+        """Whether a checkpoint inside the task is due (`checkpoint.every_*`), `steps` and
+        the time since the last one; asked right after a train-log flush, when no loss
+        waits in the window."""
         every = self.cfg.checkpoint
-        return bool((every.every_steps and done % every.every_steps == 0) or (
+        return bool((every.every_steps and steps >= every.every_steps) or (
             every.every_minutes is not None
             and time.monotonic() - saved_at >= 60 * every.every_minutes))
 
