@@ -117,3 +117,34 @@ def test_reference_class_order_per_seed():
         ]).benchmark.class_order)
     assert order(0) == list(range(10))
     assert order(2) == [3, 1, 5, 6, 0, 2, 7, 4, 9, 8]
+
+
+def test_class_il_loss_over_the_seen_classes_only_with_outputs_seen():
+    """`method.outputs=seen`: the class-IL cross-entropy's softmax covers the classes seen so
+    far (van de Ven's active classes), by hand on task 0 of a 4-class stream."""
+    import functools
+
+    from cl_bench.memory.base import NoMemory
+    from cl_bench.methods.finetune import Finetune
+    from cl_bench.models.mlp import MLP
+    from conftest import tiny_stream
+
+    stream = tiny_stream()
+    methods = {o: Finetune(model=MLP((1, 4, 4), 4, hidden=[8]), memory=NoMemory(),
+                           optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                           preprocess=Preprocess((0.5,), (0.3,), "cpu"),
+                           class_mask=stream.class_mask(), scenario="class_il", outputs=o)
+               for o in ("all", "seen")}
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    y, t = torch.tensor([1]), torch.tensor([0])
+    for method in methods.values():
+        method.begin_task(stream.tasks[0])
+    seen = methods["seen"].cross_entropy(logits, y, t)
+    assert seen.item() == pytest.approx(-(2.0 - torch.logsumexp(logits[0, :2], 0)).item())
+    everything = methods["all"].cross_entropy(logits, y, t)
+    assert everything.item() == pytest.approx(-(2.0 - torch.logsumexp(logits[0], 0)).item())
+    with pytest.raises(Exception, match="method.outputs='some'"):
+        Finetune(model=MLP((1, 4, 4), 4), memory=NoMemory(), outputs="some",
+                 optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                 preprocess=Preprocess((0.5,), (0.3,), "cpu"),
+                 class_mask=stream.class_mask(), scenario="class_il")

@@ -29,6 +29,9 @@ from cl_bench.schemas import schema
 class MethodConf:
     _target_: str = "???"
     name: str = "???"
+    # the classification loss's softmax in class-IL: over every output (all) or over the
+    # classes seen so far (seen: the "active classes" of van de Ven's code)
+    outputs: str = "all"
 
 
 class _BuildAfterInit(type):
@@ -111,8 +114,13 @@ class Method(metaclass=_BuildAfterInit):
         counter: FlopCounter | None = None,
         plugins: Sequence[Plugin] = (),
         name: str = "",
+        outputs: str = "all",
     ):
         self.name = name or type(self).__name__.lower()
+        if outputs not in ("all", "seen"):
+            raise ConfigError(f"method.outputs={outputs!r}: choose all (the class-IL loss over "
+                              "every output) or seen (over the classes seen so far)")
+        self.outputs = outputs
         if scenario not in self.supported_scenarios:
             raise ConfigError(
                 f"method={self.name} does not support scenario={scenario}; "
@@ -389,9 +397,12 @@ class Method(metaclass=_BuildAfterInit):
 
     def loss_logits(self, logits: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """The logits the classification loss scores: in task-IL the sample's own task's
-        classes (the others at -inf)."""
+        classes (the others at -inf); in class-IL with `outputs=seen` the classes seen so
+        far."""
         if self.scenario == "task_il":
             return logits.masked_fill(~self.class_mask[task_ids], float("-inf"))
+        if self.outputs == "seen" and self.scenario == "class_il":
+            return logits.masked_fill(~self.seen_mask, float("-inf"))
         return logits
 
     def see_task_ids(self, task_ids: torch.Tensor) -> None:
