@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -151,8 +152,11 @@ def launch(study: StudyConf, out: Path, extra: list[str], hydra_args: list[str],
     # Hydra's plugin scan cannot list a package an editable install maps in: name it
     Plugins.instance().register(StudySweeper)
     out.mkdir(parents=True, exist_ok=True)
-    (out / JOBS_FILE).write_text(json.dumps(jobs(study, out, extra), indent=1))
-    launched = out / ".study_launch.json"
+    grid = out / f".{JOBS_FILE}.{os.getpid()}"  # the whole grid, replaced atomically
+    grid.write_text(json.dumps(jobs(study, out, extra), indent=1))
+    os.replace(grid, out / JOBS_FILE)
+    # one file per invocation: two studies may run subsets into one folder at once
+    launched = out / f".study_launch_{os.getpid()}.json"
     launched.write_text(json.dumps(jobs(now or study, out, extra), indent=1))
     argv = ["clbench", "-m", "hydra/sweeper=clbench_study",
             f"hydra.sweeper.jobs_file={launched}", f"hydra.sweep.dir={out}",
@@ -163,6 +167,7 @@ def launch(study: StudyConf, out: Path, extra: list[str], hydra_args: list[str],
         cli.main(prog="clbench-study")
     finally:
         sys.argv = saved
+        launched.unlink(missing_ok=True)
 
 
 def run_in(overrides: list[str], run_dir: str | Path) -> dict:

@@ -181,3 +181,25 @@ def test_a_subset_of_rows_and_seeds_runs_now_and_the_rest_stays_listed(tiny):
         st.subset(study, "gr", None)
     shown, numbers = st.table(study, pd.DataFrame())
     assert list(shown["seeds"]) == ["0/2 (fewer than asked)"] * 2
+
+
+def test_each_launch_has_its_own_jobs_file_so_two_can_share_a_folder(tiny, tmp_path,
+                                                                    monkeypatch):
+    """Two `clbench-study` processes running subsets into one folder (rows on two cores)
+    must not read each other's job list: each launch writes its own file, removed after."""
+    from cl_bench import cli
+
+    seen = {}
+
+    def fake_main(prog):
+        arg = next(a for a in sys.argv if a.startswith("hydra.sweeper.jobs_file="))
+        path = arg.split("=", 1)[1]
+        seen["file"], seen["jobs"] = path, json.loads(open(path).read())
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    study = st.load_study(str(tiny))
+    st.launch(study, tmp_path / "out", [], [], st.subset(study, "er", "0"))
+    assert str(os.getpid()) in seen["file"] and not os.path.exists(seen["file"])
+    assert [j["dir"] for j in seen["jobs"]] == ["er_seed0"]
+    grid = json.loads((tmp_path / "out" / "study_jobs.json").read_text())
+    assert len(grid) == 4  # the whole grid, for clbench-status
