@@ -187,6 +187,12 @@ class RunState:
         set_rng_state(self.rng)
         self.method = {}
 
+    def restore_class_masks(self, parts: Parts) -> None:
+        """The seen/old class masks batches had set (after the skipped tasks redid theirs)."""
+        if self.class_masks:
+            parts.method.seen_mask = self.class_masks["seen"].to(parts.device)
+            parts.method.old_mask = self.class_masks["old"].to(parts.device)
+
 
 class Run:
     """One run: builds its parts, restores or starts its state, runs the task loop and
@@ -340,9 +346,7 @@ class Run:
             self.summary["resumed_after_task"] = state.task
             for task in parts.stream.tasks[: state.task + 1]:
                 parts.method.skip_task(task.to(parts.device))
-            if state.class_masks:
-                parts.method.seen_mask = state.class_masks["seen"].to(parts.device)
-                parts.method.old_mask = state.class_masks["old"].to(parts.device)
+            state.restore_class_masks(parts)
         else:
             state.rows = {s: [] for s in parts.stream.scenarios}
             state.random_init = self._evaluate(parts, parts.evaluator.full)
@@ -497,9 +501,7 @@ class Run:
         for _ in itertools.islice(batches, done):
             pass
         saved.restore(parts, batch_gen)
-        if saved.class_masks:
-            parts.method.seen_mask = saved.class_masks["seen"].to(parts.device)
-            parts.method.old_mask = saved.class_masks["old"].to(parts.device)
+        saved.restore_class_masks(parts)
         state = self.state
         state.step, state.curves = saved.step, saved.curves
         state.train_seconds, state.eval_seconds = saved.train_seconds, saved.eval_seconds

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cl_bench.report.load import find_run_dirs
+
 JOBS_FILE = "study_jobs.json"  # a study's expected jobs (cl_bench.study writes it)
 STATES = ("completed", "running", "failed", "interrupted", "missing")
 
@@ -32,9 +34,7 @@ def expected_dirs(root: Path) -> list[Path]:
     jobs = root / JOBS_FILE
     if jobs.is_file():
         return [root / job["dir"] for job in json.loads(jobs.read_text())]
-    found = {p.parent for p in root.glob("**/summary.json")}
-    found |= {p.parent.parent for p in root.glob("**/.hydra/config.yaml")}
-    return sorted(d for d in found if d != root or (root / "summary.json").is_file())
+    return find_run_dirs([root])
 
 
 def sweep_status(root: str | Path, now: float | None = None,
